@@ -1,0 +1,1 @@
+"""Everything that computes: views, loaders, objectives, models, training and inference."""

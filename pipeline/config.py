@@ -1,0 +1,226 @@
+"""Typed run configuration: YAML files and ``--set key=value`` overrides mapped onto dataclasses.
+
+An unknown key is an error naming the valid keys of its section; a value of the wrong type is
+an error naming the key and the expected type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message is one line."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and which part of it. ``subset`` picks the demo's halves of the train split."""
+
+    source: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    subset: str = "all"
+    subset_seed: int = 0
+    limit: int = 0
+    test_limit: int = 0
+
+
+@dataclass
+class ViewsConfig:
+    """The view policy (see ``pipeline.views.ViewPolicy``) and whether students train on augmented views."""
+
+    kind: str = "pad_crop"
+    num_views: int = 4
+    pad: int = 2
+    flip: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
+    crop_pct: float = 1.0
+    seed: int = 0
+    augment: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The trained model: a timm name (CIFAR zoo and small models are registered in timm)."""
+
+    name: str = "fmnist_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    input_size: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    """The weak teacher: its checkpoint (a train-teacher run dir or model file) and the store."""
+
+    checkpoint: str | None = None
+    mode: str = "store"
+    store: str | None = None
+    batch_size: int = 512
+    chunk_samples: int = 4096
+
+
+@dataclass
+class ObjectiveConfig:
+    """Arguments of ``pipeline.objectives.build_objective``."""
+
+    name: str = "vanilla"
+    kd_temperature: float = 1.0
+    threshold: float = 0.5
+    gt_weight: float = 1.0
+    kd_weight: float = 1.0
+    rate: float = 0.3
+    max_weight: float = 0.75
+    warmup_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (timm ``create_optimizer_v2``) and cosine-with-warm-up schedule; ``batch_size`` is global."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    epochs: int = 10
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int = 512
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how the process runs."""
+
+    output: str = "runs/default"
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 2
+
+
+@dataclass
+class Config:
+    """A whole experiment; each command reads the sections it needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to the annotated type; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+            raise ConfigError(f"unknown config key '{full}'; valid keys in {where}: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(current))}")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then each ``key=value`` override in order."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        _apply(cfg, data, "")
+    for text in overrides or []:
+        _apply(cfg, parse_override(text), "")
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,170 @@
+"""DALI pipelines that replay stored views, batch ordering and sharding, and a prefetching stream.
+
+The sample order is decided here in numpy (a permutation per epoch from ``(seed, epoch)``) and
+each rank takes its contiguous slice of every global batch, so a run with W ranks of batch
+``B/W`` sees exactly the batches of a one-process run with batch ``B``. The DALI pipeline is
+fed per batch (``feed_input``) with the images and their view params; on CPU it runs DALI's
+CPU operators (``device_id=None``), on a GPU the crop/resize/normalize run on the device.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.sources.base import ArraySource
+from pipeline.views import ViewPolicy, pixel_boxes, replay
+
+OutputSpec = tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]
+
+
+class ViewReplayer:
+    """Turns ``(uint8 images [B,H,W,C], params [B,5])`` into normalized float tensors ``[B,C,h,w]``.
+
+    One output per :data:`OutputSpec` (e.g. student and online teacher), all from the same crop.
+    """
+
+    def __init__(self, image_hw: tuple[int, int], outputs: list[OutputSpec], batch_size: int,
+                 crop_hw: tuple[int, int] | None, device: str = "cpu", num_threads: int = 2) -> None:
+        from nvidia.dali import fn, pipeline_def
+
+        self.image_hw = image_hw
+        self.device = torch.device(device)
+        gpu = self.device.type == "cuda"
+        device_id = (self.device.index or 0) if gpu else None
+
+        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                      exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
+        def graph():  # type: ignore[no-untyped-def]
+            images = fn.external_source(name="images", layout="HWC")
+            anchor = fn.external_source(name="anchor")
+            shape = fn.external_source(name="shape")
+            flip = fn.external_source(name="flip")
+            if gpu:
+                images = images.gpu()
+            return tuple(replay(images, anchor, shape, flip, outputs, crop_hw))
+
+        self.pipe = graph()
+        self.pipe.build()
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray, params: np.ndarray) -> list[torch.Tensor]:
+        if len(images) > self.batch_size:
+            raise ValueError(f"batch of {len(images)} exceeds the pipeline's batch size {self.batch_size}")
+        anchor, shape, flip = pixel_boxes(params, self.image_hw)
+        self.pipe.feed_input("images", np.ascontiguousarray(images))
+        self.pipe.feed_input("anchor", anchor)
+        self.pipe.feed_input("shape", shape)
+        self.pipe.feed_input("flip", flip)
+        return [_to_torch(out, self.device) for out in self.pipe.run()]
+
+
+def _to_torch(out: object, device: torch.device) -> torch.Tensor:
+    """A dense DALI TensorList as a torch tensor on ``device`` (DLPack on GPU, zero-copy numpy on CPU)."""
+    if device.type == "cuda":
+        return torch.from_dlpack(out.as_tensor())  # type: ignore[attr-defined]
+    return torch.from_numpy(out.as_array())  # type: ignore[attr-defined]
+
+
+def crop_size_for(policy: ViewPolicy, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """The common crop size when no view needs a resize (pad-and-crop at crop_pct 1), else None."""
+    if policy.kind in ("pad_crop", "none") and policy.crop_pct == 1.0 and image_hw[0] == image_hw[1]:
+        return image_hw
+    return None
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The global sample order of an epoch; identical on every rank."""
+    if not shuffle:
+        return np.arange(num_samples, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64)
+
+
+def shard_batches(order: np.ndarray, global_batch: int, rank: int, world: int,
+                  drop_last: bool) -> list[np.ndarray]:
+    """Split ``order`` into global batches and return this rank's contiguous slice of each."""
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} is not divisible by the world size {world}")
+    local = global_batch // world
+    n = len(order)
+    stop = (n // global_batch) * global_batch if drop_last else n
+    batches = []
+    for start in range(0, stop, global_batch):
+        gb = order[start:start + global_batch]
+        if drop_last:
+            batches.append(gb[rank * local:(rank + 1) * local])
+        else:  # evaluation: spread a short last batch as evenly as possible
+            batches.append(np.array_split(gb, world)[rank])
+    return [b for b in batches if len(b)]
+
+
+@dataclass
+class Batch:
+    """One training or evaluation batch, tensors on the target device."""
+
+    indices: np.ndarray
+    inputs: list[torch.Tensor]
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor | None
+
+
+ParamsFn = Callable[[np.ndarray], np.ndarray]
+LogitsFn = Callable[[np.ndarray], np.ndarray | None]
+
+
+def stream(source: ArraySource, batches: list[np.ndarray], replayer: ViewReplayer, params_of: ParamsFn,
+           logits_of: LogitsFn | None = None, labels: np.ndarray | None = None, prefetch: int = 2) -> Iterator[Batch]:
+    """Yield :class:`Batch` es for ``batches`` of sample indices, preparing the next ones in a thread.
+
+    ``params_of(idx)`` gives the view params to replay, ``logits_of(idx)`` the cached teacher logits
+    (or None). DALI's CPU operators release the GIL, so preparation overlaps the training step.
+    """
+    lab = source.labels if labels is None else labels
+    device = replayer.device
+
+    def make(idx: np.ndarray) -> Batch:
+        inputs = replayer(source.images[idx], params_of(idx))
+        t = logits_of(idx) if logits_of is not None else None
+        return Batch(idx, [x.to(device, non_blocking=True) for x in inputs],
+                     torch.from_numpy(lab[idx]).to(device),
+                     None if t is None else torch.from_numpy(np.asarray(t)).to(device))
+
+    if prefetch <= 0:
+        for idx in batches:
+            yield make(idx)
+        return
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for idx in batches:
+                if stop.is_set():
+                    return
+                q.put(make(idx))
+        except BaseException as exc:  # surfaced in the consumer thread
+            q.put(exc)
+            return
+        q.put(None)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,166 @@
+"""Pre-activation ResNet-18/34 for 32x32 inputs (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+CIFAR layout: a 3x3 stride-1 stem conv with 64 channels and no max-pool, four stages of
+pre-activation basic blocks (64-128-256-512 channels, strides 1-2-2-2), a final BN-ReLU
+(the last block's output is not yet normalized in a pre-activation network), global
+average pooling and a linear head. Registered into timm so ``timm.create_model`` builds them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from timm.models import generate_default_cfgs, register_model
+
+__all__ = ["PreActBlock", "PreActResNet"]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """Pretrained-config dict for a CIFAR model; there are no hosted weights (no url / hub id)."""
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (4, 4),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        **kwargs,
+    }
+
+
+# Module-level ``default_cfgs`` lets timm's registry expose these through ``get_pretrained_cfg``.
+default_cfgs = generate_default_cfgs({
+    "preact_resnet18": _cfg(),
+    "preact_resnet34": _cfg(),
+})
+
+
+class PreActBlock(nn.Module):
+    """Basic pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus identity or 1x1-conv shortcut.
+
+    The projection shortcut (used when stride or width changes) reads the pre-activated input,
+    as in the original pre-activation design, and carries no BN of its own.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        identity = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + identity
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet for small images with timm's classifier/feature interface."""
+
+    def __init__(
+        self,
+        layers: tuple[int, int, int, int],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
+        in_planes = widths[0]
+        stages: list[nn.Module] = []
+        for i, (depth, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if i == 0 else 2
+            blocks: list[nn.Module] = []
+            for j in range(depth):
+                blocks.append(PreActBlock(in_planes, planes, stride if j == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.bn = nn.BatchNorm2d(in_planes)  # final BN-ReLU before pooling
+        self.num_features = in_planes
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc: nn.Module = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Kaiming-normal convs (fan-out, ReLU), unit/zero BN, default PyTorch init for the head."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        """Return the classification head (``nn.Identity`` when ``num_classes == 0``)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh one for ``num_classes`` (0 removes it); pooling is fixed to average."""
+        if global_pool not in (None, "", "avg"):
+            raise ValueError(f"PreActResNet only supports average pooling, got global_pool={global_pool!r}")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled feature map ``[B, 512, H/8, W/8]`` after the final BN-ReLU."""
+        x = self.conv1(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.relu(self.bn(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool the feature map; return pooled features if ``pre_logits`` else logits."""
+        x = self.global_pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(name: str, layers: tuple[int, int, int, int], pretrained: bool, **kwargs: Any) -> PreActResNet:
+    """Build a registered variant; ``pretrained=True`` fails because no weights are hosted."""
+    if pretrained:
+        raise ValueError(f"{name}: no pretrained weights are available; build with pretrained=False and train it")
+    num_classes = kwargs.pop("num_classes", 10)
+    in_chans = kwargs.pop("in_chans", 3)
+    # Other timm kwargs (pretrained_cfg, drop_rate, global_pool, ...) do not apply here and are ignored.
+    model = PreActResNet(layers, num_classes=num_classes, in_chans=in_chans)
+    cfg = default_cfgs[name].default.to_dict()
+    cfg["num_classes"] = num_classes
+    cfg["input_size"] = (in_chans, 32, 32)
+    if in_chans != 3:
+        cfg["mean"] = tuple(sum(CIFAR10_MEAN) / 3 for _ in range(in_chans))
+        cfg["std"] = tuple(sum(CIFAR10_STD) / 3 for _ in range(in_chans))
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg
+    return model
+
+
+@register_model
+def preact_resnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
+    """PreAct-ResNet18 (CIFAR stem), blocks [2, 2, 2, 2]."""
+    return _create("preact_resnet18", (2, 2, 2, 2), pretrained, **kwargs)
+
+
+@register_model
+def preact_resnet34(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
+    """PreAct-ResNet34 (CIFAR stem), blocks [3, 4, 6, 3]."""
+    return _create("preact_resnet34", (3, 4, 6, 3), pretrained, **kwargs)

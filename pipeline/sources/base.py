@@ -1,0 +1,72 @@
+"""The dataset interface every reader returns: images in memory or on disk, labels, a fingerprint."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Raised when a dataset cannot be found or read; the message is one line for the user."""
+
+
+@dataclass
+class ArraySource:
+    """A dataset held in memory as uint8 images ``[N, H, W, C]`` and int64 labels ``[N]``.
+
+    ``name`` and ``split`` identify it in store attributes; ``class_names`` is optional.
+    ``mean``/``std`` are the per-channel normalization statistics (0..1 scale) that
+    models trained on this dataset use by default.
+    """
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DataError(f"{self.name}/{self.split}: images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self.images):
+            raise DataError(f"{self.name}/{self.split}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    def fingerprint(self) -> str:
+        """sha256 over the image bytes and labels: identifies the exact content, not the path."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str(self.images.shape).encode())
+            h.update(np.ascontiguousarray(self.images).tobytes())
+            h.update(self.labels.astype("<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def subset(self, indices: np.ndarray, split: str) -> "ArraySource":
+        """A new source holding ``indices`` of this one (e.g. the demo's halves A and B)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ArraySource(self.name, split, self.images[idx], self.labels[idx], self.num_classes,
+                           self.mean, self.std, self.class_names)
+
+    def with_labels(self, labels: np.ndarray, split: str) -> "ArraySource":
+        """The same images with other labels (e.g. injected label noise)."""
+        return ArraySource(self.name, split, self.images, np.asarray(labels, dtype=np.int64), self.num_classes,
+                           self.mean, self.std, self.class_names)

@@ -1,0 +1,1 @@
+"""The soft-label store: Zarr arrays of cached teacher logits and view parameters (no torch)."""

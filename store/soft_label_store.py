@@ -1,0 +1,219 @@
+"""A Zarr v3 store of cached teacher logits and view parameters, aligned on (sample, view).
+
+Layout (DESIGN.md, "The store"):
+
+- ``logits``       ``[N, V, C]`` float16, one chunk = one view of a block of samples, zstd.
+- ``view_params``  ``[N, V, P]`` float32, same chunking.
+- ``labels``       ``[N]`` int64, the labels the teacher saw.
+- ``chunk_crc``    ``[B, V]`` int64, the crc32 of each written logits chunk, -1 until written.
+  It is written after the chunk's data, so it doubles as the completion record that lets an
+  interrupted run resume chunk by chunk and lets ``verify`` find corrupt chunks.
+- ``manifest.parquet`` (index, label) and ``teacher_accuracy.parquet`` (per view) beside the arrays.
+
+Group attributes hold the schema version, teacher, dataset and view-policy descriptions and
+``status`` ("partial" until :meth:`SoftLabelStore.finalize`). Only numpy, zarr and pyarrow are
+used here so that other tools can read a store without torch.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import ZstdCodec
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(ValueError):
+    """A store is missing, partial, corrupt or does not match the run; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One unit of stage-1 work and of resume: a block of samples for one view."""
+
+    block: int
+    view: int
+    start: int
+    stop: int
+
+
+def _crc(data: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(data).tobytes()) & 0xFFFFFFFF
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+class SoftLabelStore:
+    """Open or create with :meth:`create` / :meth:`open`; see the module docstring for the layout."""
+
+    def __init__(self, path: str, group: zarr.Group) -> None:
+        self.path = str(path)
+        self.group = group
+
+    @classmethod
+    def create(cls, path: str | Path, *, num_samples: int, num_views: int, num_classes: int,
+               param_dim: int, chunk_samples: int, labels: np.ndarray,
+               attrs: dict[str, Any]) -> "SoftLabelStore":
+        """Create an empty (status "partial") store; refuses to overwrite an existing one."""
+        path = str(path)
+        if num_samples <= 0:
+            raise StoreError("cannot create a store for an empty dataset (0 samples)")
+        try:
+            group = zarr.open_group(path, mode="w-", zarr_format=3)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+            raise StoreError(f"{path} already exists; pass --resume to continue it or choose another path") from exc
+        chunk_samples = max(1, min(chunk_samples, num_samples))
+        zstd = ZstdCodec(level=3)
+        group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
+                           chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
+        group.create_array("view_params", shape=(num_samples, num_views, param_dim), dtype="float32",
+                           chunks=(chunk_samples, 1, param_dim), compressors=zstd, fill_value=0)
+        lab = group.create_array("labels", shape=(num_samples,), dtype="int64",
+                                 chunks=(min(num_samples, 1 << 20),), compressors=zstd, fill_value=0)
+        lab[:] = np.asarray(labels, dtype=np.int64)
+        blocks = math.ceil(num_samples / chunk_samples)
+        group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
+        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",
+                            "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
+                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": "float16"})
+        pq.write_table(pa.table({"index": np.arange(num_samples, dtype=np.int64),
+                                 "label": np.asarray(labels, dtype=np.int64)}), f"{path}/manifest.parquet")
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "SoftLabelStore":
+        """Open an existing store; a missing or foreign directory is a :class:`StoreError`."""
+        path = str(path)
+        try:
+            group = zarr.open_group(path, mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+            raise StoreError(f"no store at {path}; run `w2s infer-teacher` first") from exc
+        if group.attrs.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{path} is not a soft-label store of schema {SCHEMA_VERSION}")
+        return cls(path, group)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.group.attrs["num_samples"])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.group.attrs["num_views"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.group.attrs["num_classes"])
+
+    @property
+    def chunk_samples(self) -> int:
+        return int(self.group.attrs["chunk_samples"])
+
+    @property
+    def is_complete(self) -> bool:
+        return self.group.attrs.get("status") == "complete"
+
+    def chunks(self) -> Iterator[ChunkRef]:
+        """Every (block, view) unit in write order: block-major, views within a block."""
+        n, cs = self.num_samples, self.chunk_samples
+        for b in range(math.ceil(n / cs)):
+            for v in range(self.num_views):
+                yield ChunkRef(b, v, b * cs, min(n, (b + 1) * cs))
+
+    def done_mask(self) -> np.ndarray:
+        """``[blocks, views]`` bool: which chunks have their completion record."""
+        return self.group["chunk_crc"][:] >= 0
+
+    def missing_chunks(self) -> list[ChunkRef]:
+        done = self.done_mask()
+        return [c for c in self.chunks() if not done[c.block, c.view]]
+
+    def write_chunk(self, chunk: ChunkRef, logits: np.ndarray, params: np.ndarray) -> None:
+        """Write one chunk's logits and params, then its completion record (crc) last."""
+        lg = np.asarray(logits, dtype=np.float16)
+        if not np.isfinite(lg).all():
+            raise StoreError(f"teacher produced non-finite logits in samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}")
+        self.group["logits"][chunk.start:chunk.stop, chunk.view, :] = lg
+        self.group["view_params"][chunk.start:chunk.stop, chunk.view, :] = np.asarray(params, dtype=np.float32)
+        self.group["chunk_crc"][chunk.block, chunk.view] = _crc(lg)
+
+    def finalize(self, view_accuracy: list[float]) -> None:
+        """Mark the store complete once every chunk is written; record per-view accuracy."""
+        missing = self.missing_chunks()
+        if missing:
+            raise StoreError(f"{self.path}: {len(missing)} chunks still missing; cannot finalize")
+        pq.write_table(pa.table({"view": np.arange(len(view_accuracy), dtype=np.int64),
+                                 "accuracy": np.asarray(view_accuracy, dtype=np.float64)}),
+                       f"{self.path}/teacher_accuracy.parquet")
+        self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
+
+    def read_view(self, view: int, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``[n, C]`` float16 and params ``[n, P]`` float32 of one view (all or some samples)."""
+        if not 0 <= view < self.num_views:
+            raise StoreError(f"view {view} out of range: the store has {self.num_views} views")
+        if indices is None:
+            return self.group["logits"][:, view, :], self.group["view_params"][:, view, :]
+        idx = np.asarray(indices, dtype=np.int64)
+        lg = self.group["logits"].get_orthogonal_selection((idx, view, slice(None)))
+        pr = self.group["view_params"].get_orthogonal_selection((idx, view, slice(None)))
+        return lg, pr
+
+    def labels(self) -> np.ndarray:
+        return self.group["labels"][:]
+
+    def check_matches(self, expected: Mapping[str, Any]) -> None:
+        """Refuse a partial store or one whose attributes differ from ``expected`` (nested keys)."""
+        if not self.is_complete:
+            raise StoreError(f"{self.path} is partial (status {self.group.attrs.get('status')!r}); "
+                             "finish it with `w2s infer-teacher --resume`")
+        have: dict[str, Any] = {}
+        _flatten("", self.attrs, have)
+        want: dict[str, Any] = {}
+        _flatten("", dict(expected), want)
+        for key, value in want.items():
+            if _normalize(have.get(key)) != _normalize(value):
+                raise StoreError(f"store {self.path} does not match this run: {key} is "
+                                 f"{have.get(key)!r} in the store but {value!r} here")
+
+    def verify(self) -> list[str]:
+        """Recompute every written chunk's crc; return a description of each problem found."""
+        problems: list[str] = []
+        crc = self.group["chunk_crc"][:]
+        for c in self.chunks():
+            if crc[c.block, c.view] < 0:
+                problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: not written")
+                continue
+            try:
+                data = self.group["logits"][c.start:c.stop, c.view, :]
+            except Exception as exc:  # a corrupt chunk fails to decode
+                problems.append(f"chunk (block {c.block}, view {c.view}): unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if _crc(data) != crc[c.block, c.view]:
+                problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: checksum mismatch")
+        return problems
+
+
+def _normalize(value: Any) -> Any:
+    """Compare lists and tuples alike (JSON attributes come back as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_normalize(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,144 @@
+"""Objectives against golden values computed here in float64 numpy, and their properties."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.objectives import build_objective
+
+
+def _softmax(z: np.ndarray, t: float = 1.0) -> np.ndarray:
+    e = np.exp((z - z.max(axis=1, keepdims=True)) / t)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _ce(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -np.log(_softmax(z)[np.arange(len(y)), y])
+
+
+def _kl(zs: np.ndarray, zt: np.ndarray, t: float) -> np.ndarray:
+    ps, pt = _softmax(zs, t), _softmax(zt, t)
+    return (pt * (np.log(pt) - np.log(ps))).sum(axis=1)
+
+
+@pytest.fixture
+def batch():
+    g = np.random.default_rng(0)
+    zs = g.normal(size=(6, 5)) * 2
+    zt = g.normal(size=(6, 5)) * 2
+    zt[0] = zs[0] + 0.3  # argmax agrees on sample 0
+    y = g.integers(0, 5, size=6)
+    return zs, zt, y
+
+
+def _t(a):
+    return torch.tensor(a, dtype=torch.float32)
+
+
+def test_vanilla_golden(batch):
+    zs, _, y = batch
+    out = build_objective("vanilla", gt_weight=0.7)(_t(zs), None, torch.tensor(y))
+    assert out.total.item() == pytest.approx(0.7 * _ce(zs, y).mean(), rel=1e-5)
+    assert out.sample_weight is None
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_kd_golden(batch, temp):
+    zs, zt, y = batch
+    out = build_objective("kd", kd_temperature=temp, gt_weight=0.5, kd_weight=2.0)(_t(zs), _t(zt), torch.tensor(y))
+    expect = 0.5 * _ce(zs, y).mean() + 2.0 * temp**2 * _kl(zs, zt, temp).mean()
+    assert out.total.item() == pytest.approx(expect, rel=1e-5)
+    assert out.terms["kd"].item() == pytest.approx(temp**2 * _kl(zs, zt, temp).mean(), rel=1e-5)
+
+
+def test_augconf_golden(batch):
+    zs, zt, y = batch
+    e, E, r, theta, temp = 3, 20, 0.3, 0.75, 2.0
+    out = build_objective("augconf", kd_temperature=temp, rate=r, max_weight=theta)(
+        _t(zs), _t(zt), torch.tensor(y), epoch=e, epochs=E)
+    alpha = e / (E * r) * theta
+    c_s = _ce(zs, zs.argmax(1))
+    expect = _ce(zs, y).mean() + (1 - alpha) * temp**2 * _kl(zs, zt, temp).mean() + alpha * c_s.mean()
+    assert out.total.item() == pytest.approx(expect, rel=1e-5)
+    assert torch.allclose(out.sample_weight, torch.full((6,), alpha))
+
+
+def test_augconf_alpha_schedule():
+    obj = build_objective("augconf", rate=0.3, max_weight=0.75)
+    E = 10  # int(E r) = 3
+    assert obj.augconf_alpha(0, E) == 0.0
+    assert obj.augconf_alpha(2, E) == pytest.approx(2 / 3 * 0.75)
+    assert obj.augconf_alpha(3, E) == 0.75
+    assert obj.augconf_alpha(9, E) == 0.75
+
+
+@pytest.mark.parametrize("theta,temp,wgt", [(0.5, 1.0, 1.0), (4.0, 2.0, 0.0), (8.0, 10.0, 1.0)])
+def test_adaptconf_golden(batch, theta, temp, wgt):
+    zs, zt, y = batch
+    out = build_objective("adaptconf", kd_temperature=temp, threshold=theta, gt_weight=wgt)(
+        _t(zs), _t(zt), torch.tensor(y))
+    c_s = _ce(zs, zs.argmax(1))
+    c_t = _ce(zs, zt.argmax(1))
+    beta = np.exp(c_s / theta) / (np.exp(c_s / theta) + np.exp(c_t / theta))  # the paper's form
+    expect = wgt * _ce(zs, y).mean() + ((1 - beta) * temp**2 * _kl(zs, zt, temp) + beta * c_s).mean()
+    assert out.total.item() == pytest.approx(expect, rel=1e-5)
+    np.testing.assert_allclose(out.sample_weight.numpy(), beta, rtol=1e-5)
+
+
+def test_adaptconf_beta_range_and_agreement():
+    g = torch.Generator().manual_seed(1)
+    zs = torch.randn(512, 10, generator=g) * 3
+    zt = torch.randn(512, 10, generator=g) * 3
+    out = build_objective("adaptconf", threshold=0.5)(zs, zt, torch.zeros(512, dtype=torch.long))
+    beta = out.sample_weight
+    assert (beta > 0).all() and (beta <= 0.5).all()
+    agree = zs.argmax(1) == zt.argmax(1)
+    assert agree.any() and (~agree).any()
+    assert (beta[agree] == 0.5).all()
+    assert (beta[~agree] < 0.5).all()
+
+
+def test_adaptconf_warmup():
+    obj = build_objective("adaptconf", warmup_rate=0.25)
+    assert obj.adaptconf_warmup(0, 20) == 0.0
+    assert obj.adaptconf_warmup(2, 20) == pytest.approx(0.4)
+    assert obj.adaptconf_warmup(10, 20) == 1.0
+
+
+@pytest.mark.parametrize("name", ["vanilla", "kd", "augconf", "adaptconf"])
+def test_huge_logits_finite(name):
+    g = torch.Generator().manual_seed(2)
+    zs = (torch.randn(8, 10, generator=g) * 1e4).requires_grad_()
+    zt = torch.randn(8, 10, generator=g) * 1e4
+    out = build_objective(name, threshold=0.5, kd_temperature=4.0)(zs, zt, torch.arange(8) % 10, epoch=5, epochs=10)
+    out.total.backward()
+    assert torch.isfinite(out.total)
+    assert torch.isfinite(zs.grad).all()
+
+
+@pytest.mark.parametrize("name", ["kd", "augconf", "adaptconf"])
+def test_gt_weight_zero_drops_ground_truth(batch, name):
+    zs, zt, y = batch
+    obj = build_objective(name, gt_weight=0.0)
+    a = obj(_t(zs), _t(zt), torch.tensor(y), epoch=1, epochs=4).total
+    b = obj(_t(zs), _t(zt), torch.tensor((y + 1) % 5), epoch=1, epochs=4).total
+    assert a.item() == b.item()
+
+
+def test_soft_target_matches_hard(batch):
+    zs, zt, y = batch
+    onehot = torch.nn.functional.one_hot(torch.tensor(y), 5).float()
+    obj = build_objective("kd")
+    assert obj(_t(zs), _t(zt), onehot).total.item() == pytest.approx(obj(_t(zs), _t(zt), torch.tensor(y)).total.item())
+
+
+def test_float16_teacher_accepted(batch):
+    zs, zt, y = batch
+    out = build_objective("adaptconf")(_t(zs), torch.tensor(zt, dtype=torch.float16), torch.tensor(y))
+    assert math.isfinite(out.total.item())
+
+
+def test_bad_objective_name():
+    with pytest.raises(ValueError, match="valid: vanilla, kd, augconf, adaptconf"):
+        build_objective("dkd2")
