@@ -75,7 +75,7 @@ class SoftLabelStore:
         try:
             group = zarr.open_group(path, mode="w-", zarr_format=3)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
-            raise StoreError(f"{path} already exists; pass --resume to continue it or choose another path") from exc
+            raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
         chunk_samples = max(1, min(chunk_samples, num_samples))
         zstd = ZstdCodec(level=3)
         group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
@@ -182,7 +182,11 @@ class SoftLabelStore:
         """Refuse a partial store or one whose attributes differ from ``expected`` (nested keys)."""
         if not self.is_complete:
             raise StoreError(f"{self.path} is partial (status {self.group.attrs.get('status')!r}); "
-                             "finish it with `w2s infer-teacher --resume`")
+                             "finish it by running `w2s infer-teacher` again")
+        self.check_attrs(expected)
+
+    def check_attrs(self, expected: Mapping[str, Any]) -> None:
+        """Raise naming the first attribute (nested key) whose value differs from ``expected``."""
         have: dict[str, Any] = {}
         _flatten("", self.attrs, have)
         want: dict[str, Any] = {}

@@ -6,7 +6,16 @@ from typing import Any
 import timm
 from torch import nn
 
-from pipeline.models import small  # noqa: F401  (registers the models)
+from pipeline.models import (  # noqa: F401  (importing registers the models in timm)
+    cifar_mobilenetv2,
+    cifar_resnet,
+    cifar_shufflenet,
+    cifar_vgg,
+    cifar_wrn,
+    fewshot_backbones,
+    preact_resnet,
+    small,
+)
 
 
 def create(name: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:

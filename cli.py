@@ -1,0 +1,126 @@
+"""The ``w2s`` command line (Typer): train-teacher, infer-teacher, train-student, inspect, demo.
+
+Bad input ends with one line on stderr and a non-zero exit; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Weak-to-strong training with cached teacher soft labels (DESIGN.md).")
+console = Console(stderr=True)
+_state = {"debug": False}
+T = TypeVar("T")
+
+ConfigArg = typer.Argument(..., help="YAML config (see configs/)")
+SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set optim.lr=0.1 (repeatable)")
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")) -> None:
+    _state["debug"] = debug
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn the project's user-facing errors into one line and exit code 2."""
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.runtime import RunError
+    from pipeline.sources.base import DataError
+    from store.soft_label_store import StoreError
+
+    try:
+        return fn()
+    except (ConfigError, DataError, StoreError, CheckpointError, RunError, ValueError, OSError) as exc:
+        if _state["debug"]:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun with --resume to continue")
+        raise typer.Exit(130)
+
+
+def _load(config: Path, overrides: Optional[List[str]]):  # type: ignore[no-untyped-def]
+    from pipeline.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@app.command("train-teacher")
+def train_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+                  resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+    """Supervised training with ground truth (weak teachers and strong ceilings)."""
+    def go() -> None:
+        from pipeline.train_student import train
+
+        result = train(_load(config, set_), role="teacher", resume=resume, console=console)
+        typer.echo(json.dumps(result))
+    _guard(go)
+
+
+@app.command("infer-teacher")
+def infer_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt) -> None:
+    """Stage 1: cache the teacher's logits over the fixed and augmented views (resumes by itself)."""
+    def go() -> None:
+        from pipeline.infer_teacher import infer
+
+        typer.echo(json.dumps(infer(_load(config, set_), console=console)))
+    _guard(go)
+
+
+@app.command("train-student")
+def train_student(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+                  resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+                  teacher_mode: Optional[str] = typer.Option(None, "--teacher-mode",
+                                                             help="store (cached logits) or online")) -> None:
+    """Stage 2: train the student from the store (or an online teacher) with the configured objective."""
+    def go() -> None:
+        from pipeline.train_student import train
+
+        cfg = _load(config, (set_ or []) + ([f"teacher.mode={teacher_mode}"] if teacher_mode else []))
+        typer.echo(json.dumps(train(cfg, role="student", resume=resume, console=console)))
+    _guard(go)
+
+
+@app.command("inspect")
+def inspect(store: Path = typer.Argument(..., help="store directory"),
+            verify: bool = typer.Option(False, "--verify", help="check every chunk's checksum")) -> None:
+    """Summarize a store; with --verify, name any chunk whose bytes changed since it was written."""
+    def go() -> None:
+        from store.inspect import summarize, verify_store
+
+        typer.echo(summarize(str(store)))
+        if verify:
+            problems = verify_store(str(store))
+            for p in problems:
+                console.print(f"[red]corrupt:[/red] {p}", highlight=False)
+            if problems:
+                raise typer.Exit(1)
+            typer.echo("all chunks verified")
+    _guard(go)
+
+
+@app.command("demo")
+def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that finishes in about 3 minutes"),
+         output: Path = typer.Option(Path("runs/demo"), "--output", help="where runs, table and figure go"),
+         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files")) -> None:
+    """Weak teacher -> KD / AugConf / AdaptConf students vs. a strong ceiling on Fashion-MNIST, with PGR."""
+    def go() -> None:
+        from pipeline.demo import run_demo
+
+        run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, console=console)
+    _guard(go)
+
+
+if __name__ == "__main__":
+    app()

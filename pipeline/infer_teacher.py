@@ -1,0 +1,96 @@
+"""Stage 1: run the weak teacher once over the fixed view and K augmented views; write the store.
+
+Work is done chunk by chunk (one view of a block of samples); each chunk's completion record is
+written after its data, so a rerun of the same command computes only the missing chunks.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline.checkpoint import load_model
+from pipeline.config import Config
+from pipeline.loader import ViewReplayer, crop_size_for, stream
+from pipeline.runtime import RunError, RunLock, setup
+from pipeline.sources.registry import train_and_test
+from pipeline.train_student import dataset_record, teacher_spec, view_policy
+from pipeline.views import PARAM_DIM, sample_params
+from store.soft_label_store import SoftLabelStore, StoreError
+
+
+def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
+    """Create or resume the store at ``teacher.store``; returns a summary (per-view accuracy, chunks done)."""
+    console = console or Console(stderr=True)
+    tc = cfg.teacher
+    if not tc.checkpoint:
+        raise RunError("teacher.checkpoint is not set (a `w2s train-teacher` run directory or model.safetensors)")
+    if not tc.store:
+        raise RunError("teacher.store is not set (where to write the store)")
+    device, _ = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
+    teacher, meta, sha = load_model(tc.checkpoint)
+    teacher = teacher.to(device)
+    source, _ = train_and_test(cfg.data)
+    if source.num_classes != meta["num_classes"]:
+        raise RunError(f"teacher predicts {meta['num_classes']} classes but {source.name} has {source.num_classes}")
+    if int(source.labels.max()) >= meta["num_classes"] or int(source.labels.min()) < 0:
+        raise RunError(f"labels of {source.name} fall outside the teacher's {meta['num_classes']} classes")
+    policy = view_policy(cfg)
+    spec = teacher_spec(source, meta)
+    attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],
+                         "checkpoint": str(tc.checkpoint), "mean": list(spec[1]), "std": list(spec[2]),
+                         "input_size": spec[0][0]},
+             "dataset": dataset_record(source), "view_policy": policy.describe(),
+             "output_size": list(source.image_hw)}
+    path = Path(tc.store)
+    with RunLock(path.parent / f".{path.name}"):
+        store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc.chunk_samples, attrs)
+        if store.is_complete:
+            console.print(f"store {path} is complete; nothing to do")
+            return {"store": str(path), "computed_chunks": 0, "teacher_accuracy": store.attrs["teacher_accuracy"]}
+        todo = store.missing_chunks()
+        replayer = ViewReplayer(source.image_hw, [spec], min(tc.batch_size, store.chunk_samples),
+                                crop_size_for(policy, source.image_hw), cfg.run.device, cfg.run.num_threads)
+        with Progress(TextColumn("infer-teacher"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("", total=len(todo))
+            with torch.no_grad():
+                for chunk in todo:
+                    idx = np.arange(chunk.start, chunk.stop)
+                    params = sample_params(policy, idx, chunk.view, source.image_hw)
+                    row = {i: p for i, p in zip(idx, params)}
+                    logits = np.empty((len(idx), meta["num_classes"]), dtype=np.float32)
+                    parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))
+                    for b in stream(source, parts, replayer, lambda ix: np.stack([row[i] for i in ix])):
+                        logits[b.indices - chunk.start] = teacher(b.inputs[0]).float().cpu().numpy()
+                    store.write_chunk(chunk, logits, params)
+                    bar.advance(task)
+        accuracy = view_accuracy(store)
+        store.finalize(accuracy)
+    console.print(f"wrote {len(todo)} chunks to {path}; teacher accuracy per view: "
+                  + ", ".join(f"{a:.4f}" for a in accuracy))
+    return {"store": str(path), "computed_chunks": len(todo), "teacher_accuracy": accuracy}
+
+
+def view_accuracy(store: SoftLabelStore) -> list[float]:
+    """Teacher accuracy against the stored labels, per view."""
+    labels = store.labels()
+    return [float((store.read_view(v)[0].argmax(1) == labels).mean()) for v in range(store.num_views)]
+
+
+def _open_or_create(path: Path, labels: np.ndarray, views: int, classes: int, chunk: int,
+                    attrs: dict[str, Any]) -> SoftLabelStore:
+    """Resume a matching store (complete or partial); refuse one made from other inputs."""
+    if path.exists():
+        store = SoftLabelStore.open(path, mode="r+")
+        expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}
+        store.check_attrs(expected)
+        return store
+    return SoftLabelStore.create(path, num_samples=len(labels), num_views=views, num_classes=classes,
+                                 param_dim=PARAM_DIM, chunk_samples=chunk, labels=labels, attrs=attrs)
+

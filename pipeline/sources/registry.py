@@ -1,0 +1,61 @@
+"""Dataset lookup by name and the train/test selection a config describes (subset halves, limits)."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import DataConfig
+from pipeline.sources.base import ArraySource, DataError
+
+SOURCES = ("fashion_mnist", "cifar10", "cifar100", "mini_imagenet")
+SUBSETS = ("all", "half_a", "half_b")
+
+
+def load_source(name: str, split: str, data_dir: str | None) -> ArraySource:
+    """Read one split of a named dataset."""
+    if name == "fashion_mnist":
+        from pipeline.sources.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(split, data_dir)
+    if name in ("cifar10", "cifar100"):
+        from pipeline.sources.cifar import load_cifar
+
+        if data_dir is None:
+            raise DataError(f"{name} needs data.data_dir (the folder holding the python-version pickles)")
+        return load_cifar(data_dir, name, split)
+    if name == "mini_imagenet":
+        from pipeline.sources.mini_imagenet import load_mini_imagenet
+
+        if data_dir is None:
+            raise DataError("mini_imagenet needs data.data_dir (the folder holding the category-split pickles)")
+        return load_mini_imagenet(data_dir, split)
+    raise DataError(f"unknown data source {name!r}; valid: {', '.join(SOURCES)}")
+
+
+def select(source: ArraySource, subset: str, seed: int, limit: int) -> ArraySource:
+    """Apply a fixed-seed half split (``half_a``/``half_b``) and then keep the first ``limit`` samples."""
+    if subset not in SUBSETS:
+        raise DataError(f"unknown data.subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    idx = np.arange(len(source))
+    split = source.split
+    if subset != "all":
+        perm = np.random.default_rng(seed).permutation(len(source))
+        half = len(source) // 2
+        idx = np.sort(perm[:half] if subset == "half_a" else perm[half:])
+        split = f"{source.split}:{subset}:{seed}"
+    if limit > 0:
+        idx = idx[:limit]
+        split = f"{split}:first{limit}"
+    if len(idx) == len(source):
+        return source
+    if len(idx) == 0:
+        raise DataError(f"{source.name}/{split}: the selection is empty")
+    return source.subset(idx, split)
+
+
+def train_and_test(cfg: DataConfig) -> tuple[ArraySource, ArraySource]:
+    """The training selection and the test split of ``cfg``."""
+    train = select(load_source(cfg.source, cfg.train_split, cfg.data_dir), cfg.subset, cfg.subset_seed, cfg.limit)
+    test = select(load_source(cfg.source, cfg.test_split, cfg.data_dir), "all", 0, cfg.test_limit)
+    if len(train) == 0:
+        raise DataError(f"{cfg.source}/{cfg.train_split} is empty")
+    return train, test
