@@ -1,0 +1,34 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Both set up .venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo demo-quick test bench clean
+
+setup: $(VENV)/.installed $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get install -y dataset-fashion-mnist || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(PY) cli.py demo
+
+demo-quick: setup
+	$(PY) cli.py demo --quick
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/stage2_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache
