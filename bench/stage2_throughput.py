@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,24 +43,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from pipeline.checkpoint import load_model, save_model  # noqa: E402
+from pipeline.checkpoint import save_model  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.infer_teacher import infer  # noqa: E402
-from pipeline.loader import Batch, ViewReplayer, crop_size_for, stream  # noqa: E402
+from pipeline.loader import Batch, stream  # noqa: E402
 from pipeline.models import create  # noqa: E402
 from pipeline.sources.registry import train_and_test  # noqa: E402
-from pipeline.train_student import Trainer, dataset_record, teacher_spec, view_policy  # noqa: E402
+from pipeline.train_student import Trainer, dataset_record  # noqa: E402
 from pipeline.views import sample_params  # noqa: E402
+from store.soft_label_store import SoftLabelStore  # noqa: E402
 
 RECIPE = ROOT / "configs" / "fmnist" / "student_adaptconf.yaml"
 QUIET = Console(quiet=True)
+BUSY = 0.05  # share of the machine's CPU time used by other processes above which a timed run is redone
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def base_config(args: argparse.Namespace, tmp: Path, mode: str, store: Path) -> Config:
+def base_config(args: argparse.Namespace, tmp: Path, mode: str, store: Path, samples: int = 0) -> Config:
     """The adaptconf student recipe on the first ``--samples`` images of its training half."""
     return load_config(RECIPE, [
-        f"data.limit={args.samples}", f"data.test_limit={args.test_limit}",
+        f"data.limit={samples or args.samples}", f"data.test_limit={args.test_limit}",
         f"model.name={args.student}",
         f"teacher.checkpoint={tmp / 'teacher'}", f"teacher.store={store}", f"teacher.mode={mode}",
         f"teacher.batch_size={args.infer_batch_size or args.batch_size}",
@@ -170,6 +173,7 @@ def time_steps(batches: Iterator[tuple[int, Batch]], step: Callable[[int, Batch]
                 step(e, b)
         sync(device)
         wait = 0.0
+        busy0, own0 = _busy_cpu_s(), _own_cpu_s()
         t0 = time.perf_counter()
         for _ in range(steps):
             w0 = time.perf_counter()
@@ -179,9 +183,12 @@ def time_steps(batches: Iterator[tuple[int, Batch]], step: Callable[[int, Batch]
                 step(e, b)
         sync(device)
         dt = time.perf_counter() - t0
+        own = _own_cpu_s() - own0
+        foreign = (_busy_cpu_s() - busy0) - own
     finally:
         batches.close()  # type: ignore[attr-defined]  # stops stream()'s prefetch thread
-    return {"images_per_s": steps * batch_size / dt, "seconds": dt, "wait_fraction": wait / dt}
+    return {"images_per_s": steps * batch_size / dt, "seconds": dt, "wait_fraction": wait / dt,
+            "cpu_s_per_step": own / steps, "foreign_cpu_fraction": max(0.0, foreign) / (dt * (os.cpu_count() or 1))}
 
 
 def teacher_only(model: torch.nn.Module, x: torch.Tensor, min_seconds: float, device: torch.device) -> dict[str, float]:
@@ -234,86 +241,101 @@ def machine() -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-    v = res["variants"]
+    v, s1, q = res["variants"], res["stage1"], res["ratios"]
     lim = v["limit"]["images_per_s"]
-    t1 = res["stage1"]["teacher_only"]["images_per_s"]
+    t1 = s1["teacher_only"]["images_per_s"]
 
     def row(name: str, r: dict[str, Any], ratio: str, note: str = "") -> str:
-        wf = r.get("wait_fraction")
-        return f"| {name} | {r['images_per_s']:,.0f} | {ratio} | {'' if wf is None else f'{wf:.2f}'} | {note} |"
+        wf, cpu = r.get("wait_fraction"), r.get("cpu_s_per_step")
+        if cpu is None and "runs" in r:
+            cpu = statistics.median(x["cpu_s_per_step"] for x in r["runs"])
+        return (f"| {name} | {r['images_per_s']:,.0f} | {ratio} | {'' if wf is None else f'{wf:.2f}'} | "
+                f"{'' if cpu is None else f'{1e3 * cpu:.0f}'} | {note} |")
 
     a = res["args"]
     lines = [f"stage 2: student `{a['student']}`, teacher `{a['teacher']}`, batch {a['batch_size']}, "
              f"{a['samples']} Fashion-MNIST images, {a['threads']} threads, device {a['device']}, "
-             f"median of {a['repeats']} x {a['steps']} steps",
-             "", "| variant | images/s | ratio | data-wait fraction | note |", "|---|---:|---:|---:|---|",
-             row("(a) cached logits (store + DALI replay + stream)", v["cached"], f"{res['ratios']['cached/limit']:.3f} of limit"),
-             row("(b) online teacher (DALI replay + teacher fwd)", v["online"], f"{res['ratios']['online/limit']:.3f} of limit"),
+             f"median of {a['repeats']} interleaved runs of {a['steps']} steps",
+             "", "| variant | images/s | ratio | data-wait fraction | process CPU ms/step | note |",
+             "|---|---:|---:|---:|---:|---|",
+             row("(a) cached logits (store + DALI replay + stream)", v["cached"], f"{q['cached/limit']:.3f} of limit",
+                 f"paired median {q['cached/limit_paired_median']:.3f}"),
+             row("(b) online teacher (DALI replay + teacher fwd)", v["online"], f"{q['online/limit']:.3f} of limit",
+                 f"paired median {q['online/limit_paired_median']:.3f}"),
              row("(c) limit: student step on preloaded tensors", v["limit"], "1.000"),
-             row("(d) loader only: stream() of (a), no step", v["loader"], f"{v['loader']['images_per_s'] / lim:.1f}x limit", "diagnostic"),
-             row("Trainer._train_epoch, store", res["trainer_epoch"]["store"], f"{res['ratios']['trainer_store/limit']:.3f} of limit",
+             row("(d) loader only: stream() of (a), no step", v["loader"], f"{v['loader']['images_per_s'] / lim:.1f}x limit",
+                 "diagnostic"),
+             row("Trainer._train_epoch, store", res["trainer_epoch"]["store"], f"{q['trainer_store/limit']:.3f} of limit",
                  "1 epoch, real code"),
-             row("Trainer._train_epoch, online", res["trainer_epoch"]["online"], f"{res['ratios']['trainer_online/limit']:.3f} of limit",
+             row("Trainer._train_epoch, online", res["trainer_epoch"]["online"], f"{q['trainer_online/limit']:.3f} of limit",
                  "1 epoch, real code"),
              "",
-             f"stage 1: teacher `{a['teacher']}`, {res['stage1']['images']} views "
-             f"({res['stage1']['samples']} samples x {res['stage1']['views']} views), batch {res['stage1']['batch_size']}",
+             f"stage 1: teacher `{a['teacher']}`, {s1['images']} views ({s1['samples']} samples x {s1['views']} views), "
+             f"batch {s1['batch_size']}, median of {a['repeats']}",
              "", "| variant | images/s | ratio | note |", "|---|---:|---:|---|",
-             f"| infer-teacher, end to end (`infer()`) | {res['stage1']['infer']['images_per_s']:,.0f} | "
-             f"{res['ratios']['stage1/teacher_only']:.4f} of teacher-only | incl. ~{res['stage1']['fixed_setup_s']:.2f} s fixed setup |",
-             f"| infer-teacher, minus fixed setup (estimate) | {res['stage1']['infer_minus_setup_images_per_s']:,.0f} | "
-             f"{res['stage1']['infer_minus_setup_images_per_s'] / t1:.4f} of teacher-only | |",
+             f"| infer-teacher, end to end (`infer()`) | {s1['infer']['images_per_s']:,.0f} | "
+             f"{q['stage1/teacher_only']:.4f} of teacher-only | {s1['infer']['seconds']:.2f} s; one batch alone takes "
+             f"{s1['infer_one_batch_s']['seconds']:.2f} s |",
+             f"| infer-teacher, marginal (difference of the two) | {s1['infer_marginal_images_per_s']:,.0f} | "
+             f"{q['stage1_marginal/teacher_only']:.4f} of teacher-only | the chunk loop without fixed costs |",
              f"| teacher forward on preloaded tensors | {t1:,.0f} | 1.0000 | |",
              "", "machine: " + ", ".join(f"{k} {res['machine'].get(k)}" for k in
                                          ("cpu_model", "cpus_available", "cgroup_cpu_quota", "torch", "dali")),
-             f"other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU time during the run"]
-    if res["foreign_cpu_fraction"] > 0.05:
-        lines.append("WARNING: other processes competed for the CPUs; these numbers are not reliable, rerun on an idle machine.")
+             f"other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU time during the run "
+             f"(at most {100 * max(x['foreign_cpu_fraction_max'] for x in v.values()):.1f}% during one timed run)"]
+    if max(x["foreign_cpu_fraction_max"] for x in v.values()) > BUSY:
+        lines.append("WARNING: other processes competed for the CPUs during timed runs (a)-(d); these numbers are not "
+                     "reliable, rerun on an idle machine.")
+    elif res["foreign_cpu_fraction"] > BUSY:
+        lines.append("note: (a)-(d) ran on idle CPUs, but other processes were active during the run; the stage-1 and "
+                     "Trainer-epoch rows (single timings) may be affected.")
     return "\n".join(lines)
 
 
 # -- main ----------------------------------------------------------------------------------------
+def timed_infer(cfg: Config) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    summary = infer(cfg, console=QUIET)
+    return time.perf_counter() - t0, summary
+
+
+def stage1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """``infer()`` end to end on ``--samples`` images and on one batch of images, each repeat into fresh stores.
+
+    The small run costs what ``infer()`` pays whatever the size (reading and fingerprinting the
+    dataset, loading the teacher, building the DALI pipeline, creating and finalizing the store),
+    so the difference of the two gives the per-image (marginal) rate of the chunk loop.
+    """
+    big, small, summary = [], [], {}
+    n_small = min(args.infer_batch_size or args.batch_size, args.samples)
+    for r in range(args.repeats):
+        wall, summary = timed_infer(base_config(args, tmp, "store", tmp / f"store_{r}"))
+        big.append(wall)
+        small.append(timed_infer(base_config(args, tmp, "store", tmp / f"store_small_{r}", samples=n_small))[0])
+    views = len(summary["teacher_accuracy"])
+    n_big = SoftLabelStore.open(tmp / "store_0").num_samples
+    wall_big, wall_small = statistics.median(big), statistics.median(small)
+    return {"samples": n_big, "views": views, "images": n_big * views,
+            "batch_size": args.infer_batch_size or args.batch_size,
+            "infer": {"images_per_s": n_big * views / wall_big, "seconds": wall_big, "runs_s": big},
+            "infer_one_batch_s": {"seconds": wall_small, "samples": n_small, "runs_s": small},
+            "infer_marginal_images_per_s": (n_big - n_small) * views / max(wall_big - wall_small, 1e-9),
+            "teacher_accuracy_per_view": summary["teacher_accuracy"]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {"args": vars(args), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="w2s-bench-") as tmpdir:
         tmp = Path(tmpdir)
         res["teacher"] = make_teacher(args, tmp)
-
-        # stage 1, end to end, each repeat into a fresh store; keep the first for stage 2
-        infer_runs = []
-        for r in range(args.repeats):
-            cfg = base_config(args, tmp, "store", tmp / f"store_{r}")
-            t0 = time.perf_counter()
-            summary = infer(cfg, console=QUIET)
-            infer_runs.append(time.perf_counter() - t0)
+        res["stage1"] = stage1(args, tmp)
         store_path = tmp / "store_0"
-        cfg = base_config(args, tmp, "store", store_path)
-        # the fixed costs infer() pays before its first chunk (dataset read + fingerprint, model load, DALI build)
-        t0 = time.perf_counter()
-        src, _ = train_and_test(cfg.data)
-        record = dataset_record(src)  # noqa: F841  (fingerprint, as infer() computes it)
-        teacher, meta, _ = load_model(cfg.teacher.checkpoint)  # type: ignore[arg-type]
-        spec = teacher_spec(src, meta)
-        policy = view_policy(cfg)
-        rep = ViewReplayer(src.image_hw, [spec], min(cfg.teacher.batch_size, cfg.teacher.chunk_samples),
-                           crop_size_for(policy, src.image_hw), cfg.run.device, cfg.run.num_threads)
-        setup_s = time.perf_counter() - t0
-        device = torch.device(cfg.run.device)
-        n_images = len(src) * policy.total_views
-        wall = statistics.median(infer_runs)
-        idx = np.arange(min(rep.batch_size, len(src)))
-        x0 = rep(src.images[idx], sample_params(policy, idx, 0, src.image_hw))[0].to(device)
-        res["stage1"] = {
-            "samples": len(src), "views": policy.total_views, "images": n_images, "batch_size": rep.batch_size,
-            "infer": {"images_per_s": n_images / wall, "seconds": wall, "runs_s": infer_runs},
-            "fixed_setup_s": setup_s, "infer_minus_setup_images_per_s": n_images / max(wall - setup_s, 1e-9),
-            "teacher_only": teacher_only(teacher.to(device), x0, args.min_seconds, device),
-            "teacher_accuracy_per_view": summary["teacher_accuracy"]}
 
         # stage 2: real trainers (store mode, online mode)
-        tr_store = prepared_trainer(cfg)
+        tr_store = prepared_trainer(base_config(args, tmp, "store", store_path))
         tr_online = prepared_trainer(base_config(args, tmp, "online", store_path))
+        device = tr_store.device
         step_store, step_online = Stepper(tr_store, online=False), Stepper(tr_online, online=True)
         # the limit's pool: real replayed batches with random float16 teacher logits, preloaded
         pool = []
@@ -331,15 +353,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "loader": lambda: time_steps(cached_batches(tr_store), None, args.warmup, args.steps, args.batch_size, device),
         }
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
+        retried = 0
         for _ in range(args.repeats):  # interleaved, so slow drifts of the machine hit every variant alike
             for name, fn in variants.items():
-                runs[name].append(fn())
+                r = fn()
+                for _ in range(args.busy_retries):  # another process took the CPUs: measure again
+                    if r["foreign_cpu_fraction"] <= BUSY:
+                        break
+                    retried += 1
+                    time.sleep(1.0)
+                    r = fn()
+                runs[name].append(r)
+        res["busy_retries_used"] = retried
         res["variants"] = {}
         for name, rs in runs.items():
-            med = statistics.median(r["images_per_s"] for r in rs)
-            res["variants"][name] = {"images_per_s": med, "max_images_per_s": max(r["images_per_s"] for r in rs),
+            res["variants"][name] = {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
                                      "wait_fraction": statistics.median(r["wait_fraction"] for r in rs),
+                                     "foreign_cpu_fraction_max": max(r["foreign_cpu_fraction"] for r in rs),
                                      "runs": rs}
+
+        # stage 1's limit: the teacher's forward on a preloaded batch of its own (teacher-normalized) views
+        gen = online_batches(tr_online)
+        views = [next(gen)[1].inputs[1] for _ in range(math.ceil(res["stage1"]["batch_size"] / args.batch_size))]
+        gen.close()
+        x_teacher = torch.cat(views)[:res["stage1"]["batch_size"]].clone()
+        res["stage1"]["teacher_only"] = teacher_only(tr_online.teacher.model, x_teacher, args.min_seconds, device)  # type: ignore[union-attr,arg-type]
 
         # cross-check: the Trainer's own epoch loop and its images_per_s metric
         res["trainer_epoch"] = {}
@@ -351,13 +389,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             res["profile"] = profile_cached(tr_store, step_store, args, device)
 
-    lim = res["variants"]["limit"]["images_per_s"]
-    res["ratios"] = {"cached/limit": res["variants"]["cached"]["images_per_s"] / lim,
-                     "online/limit": res["variants"]["online"]["images_per_s"] / lim,
-                     "online/cached": res["variants"]["online"]["images_per_s"] / res["variants"]["cached"]["images_per_s"],
+    v, s1 = res["variants"], res["stage1"]
+    lim = v["limit"]["images_per_s"]
+    paired = lambda a: statistics.median(x["images_per_s"] / y["images_per_s"]  # noqa: E731
+                                         for x, y in zip(v[a]["runs"], v["limit"]["runs"]))
+    res["ratios"] = {"cached/limit": v["cached"]["images_per_s"] / lim,
+                     "online/limit": v["online"]["images_per_s"] / lim,
+                     "cached/limit_paired_median": paired("cached"),
+                     "online/limit_paired_median": paired("online"),
+                     "online/cached": v["online"]["images_per_s"] / v["cached"]["images_per_s"],
                      "trainer_store/limit": res["trainer_epoch"]["store"]["images_per_s"] / lim,
                      "trainer_online/limit": res["trainer_epoch"]["online"]["images_per_s"] / lim,
-                     "stage1/teacher_only": res["stage1"]["infer"]["images_per_s"] / res["stage1"]["teacher_only"]["images_per_s"]}
+                     "stage1/teacher_only": s1["infer"]["images_per_s"] / s1["teacher_only"]["images_per_s"],
+                     "stage1_marginal/teacher_only": s1["infer_marginal_images_per_s"] / s1["teacher_only"]["images_per_s"]}
     return res
 
 
@@ -407,6 +451,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=8, help="preloaded batches cycled by the limit variant")
     p.add_argument("--min-seconds", type=float, default=0.5, help="minimum timing window of the teacher-only loop")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher 1 epoch instead of leaving it untrained")
+    p.add_argument("--busy-retries", type=int, default=2,
+                   help="redo a timed run up to this many times when other processes used over 5%% of the CPUs")
     p.add_argument("--profile", action="store_true", help="also cProfile the cached variant's main thread (stderr)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON object")
     args = p.parse_args()

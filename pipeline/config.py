@@ -31,6 +31,8 @@ class DataConfig:
     subset_seed: int = 0
     limit: int = 0
     test_limit: int = 0
+    image_size: int = 224
+    skip_corrupt: bool = False
 
 
 @dataclass
@@ -45,7 +47,27 @@ class ViewsConfig:
     ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     crop_pct: float = 1.0
     seed: int = 0
-    augment: bool = True
+    augmented: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations the teacher did not see, for the student only (see README, "cached-teacher approximations").
+
+    ``policy``: none | rand_augment (``num_ops``, ``magnitude``) | auto_augment (ImageNet policy), applied
+    by DALI to the replayed view; ``random_erasing``: probability (timm's RandomErasing, per-pixel);
+    ``mixup``/``cutmix``: Beta alphas (0 = off), the cached teacher target is mixed the same way.
+    """
+
+    policy: str = "none"
+    num_ops: int = 2
+    magnitude: int = 9
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -54,7 +76,9 @@ class ModelConfig:
 
     name: str = "fmnist_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    init_checkpoint: str | None = None
+    pretrained: str | None = None
+    pretrained_kind: str = "auto"
+    pretrained_reset_head: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None
     input_size: int | None = None
@@ -87,7 +111,13 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (timm ``create_optimizer_v2``) and cosine-with-warm-up schedule; ``batch_size`` is global."""
+    """Optimizer (timm ``create_optimizer_v2``) and cosine-with-warm-up schedule.
+
+    ``batch_size`` is the global batch the recipe's ``lr`` belongs to. With ``batch_per_process``
+    set, the global batch becomes ``batch_per_process * world_size`` and the lr follows the linear
+    scaling rule ``lr * global_batch / batch_size`` (and ``min_lr`` likewise).
+    ``layer_decay`` (0 = off) is timm's layer-wise lr decay for ViTs.
+    """
 
     name: str = "sgd"
     lr: float = 0.05
@@ -97,7 +127,9 @@ class OptimConfig:
     epochs: int = 10
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
+    layer_decay: float = 0.0
     batch_size: int = 128
+    batch_per_process: int = 0
     eval_batch_size: int = 512
 
 
@@ -109,6 +141,9 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 2
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -117,6 +152,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.loader import ViewReplayer, crop_size_for, stream
 from pipeline.runtime import RunError, RunLock, setup
 from pipeline.sources.registry import train_and_test
-from pipeline.train_student import dataset_record, teacher_spec, view_policy
+from pipeline.specs import dataset_record, teacher_spec, view_policy
 from pipeline.views import PARAM_DIM, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
@@ -43,10 +43,10 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     policy = view_policy(cfg)
     spec = teacher_spec(source, meta)
     attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],
-                         "checkpoint": str(tc.checkpoint), "mean": list(spec[1]), "std": list(spec[2]),
-                         "input_size": spec[0][0]},
+                         "checkpoint": str(tc.checkpoint), "mean": list(spec.mean), "std": list(spec.std),
+                         "input_size": spec.size[0]},
              "dataset": dataset_record(source), "view_policy": policy.describe(),
-             "output_size": list(source.image_hw)}
+             "output_size": list(spec.size)}
     path = Path(tc.store)
     with RunLock(path.parent / f".{path.name}"):
         store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc.chunk_samples, attrs)
@@ -55,14 +55,15 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             return {"store": str(path), "computed_chunks": 0, "teacher_accuracy": store.attrs["teacher_accuracy"]}
         todo = store.missing_chunks()
         replayer = ViewReplayer(source.image_hw, [spec], min(tc.batch_size, store.chunk_samples),
-                                crop_size_for(policy, source.image_hw), cfg.run.device, cfg.run.num_threads)
+                                crop_size_for(policy, source), cfg.run.device, cfg.run.num_threads,
+                                decode=source.encoded)
         with Progress(TextColumn("infer-teacher"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("", total=len(todo))
             with torch.no_grad():
                 for chunk in todo:
                     idx = np.arange(chunk.start, chunk.stop)
-                    params = sample_params(policy, idx, chunk.view, source.image_hw)
+                    params = sample_params(policy, idx, chunk.view, source.sizes_of(idx))
                     row = {i: p for i, p in zip(idx, params)}
                     logits = np.empty((len(idx), meta["num_classes"]), dtype=np.float32)
                     parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))

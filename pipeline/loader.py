@@ -16,47 +16,55 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from pipeline.sources.base import ArraySource
-from pipeline.views import ViewPolicy, pixel_boxes, replay
-
-OutputSpec = tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]
-
+from pipeline.sources.base import Source
+from pipeline.views import InputSpec, StudentAugment, ViewPolicy, pixel_boxes, replay
 
 class ViewReplayer:
-    """Turns ``(uint8 images [B,H,W,C], params [B,5])`` into normalized float tensors ``[B,C,h,w]``.
+    """Turns ``(images, params [B,5])`` into normalized float tensors ``[B,C,h,w]``, one per :class:`InputSpec`.
 
-    One output per :data:`OutputSpec` (e.g. student and online teacher), all from the same crop.
+    ``images`` are uint8 ``[B,H,W,C]`` arrays, or a list of encoded files when ``decode`` is set
+    (decoded by DALI: "mixed" on a GPU, CPU elsewhere). ``augment`` applies to the first output
+    only; DALI's random operators draw from ``seed``, so a replayer rebuilt with the same seed
+    repeats them exactly.
     """
 
-    def __init__(self, image_hw: tuple[int, int], outputs: list[OutputSpec], batch_size: int,
-                 crop_hw: tuple[int, int] | None, device: str = "cpu", num_threads: int = 2) -> None:
-        from nvidia.dali import fn, pipeline_def
+    def __init__(self, image_hw: tuple[int, int], outputs: list[InputSpec], batch_size: int,
+                 crop_hw: tuple[int, int] | None, device: str = "cpu", num_threads: int = 2,
+                 decode: bool = False, augment: StudentAugment | None = None, seed: int = 0) -> None:
+        from nvidia.dali import fn, pipeline_def, types
 
         self.image_hw = image_hw
+        self.decode = decode
         self.device = torch.device(device)
         gpu = self.device.type == "cuda"
         device_id = (self.device.index or 0) if gpu else None
+        conditionals = augment is not None and augment.active
 
-        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                      exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
+        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed & 0x7FFFFFFF,
+                      exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
+                      enable_conditionals=conditionals)
         def graph():  # type: ignore[no-untyped-def]
-            images = fn.external_source(name="images", layout="HWC")
+            images = fn.external_source(name="images", layout=None if decode else "HWC")
             anchor = fn.external_source(name="anchor")
             shape = fn.external_source(name="shape")
             flip = fn.external_source(name="flip")
-            if gpu:
+            if decode:
+                images = fn.decoders.image(images, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            elif gpu:
                 images = images.gpu()
-            return tuple(replay(images, anchor, shape, flip, outputs, crop_hw))
+            return tuple(replay(images, anchor, shape, flip, outputs, crop_hw, augment))
 
         self.pipe = graph()
         self.pipe.build()
         self.batch_size = batch_size
 
-    def __call__(self, images: np.ndarray, params: np.ndarray) -> list[torch.Tensor]:
+    def __call__(self, images: np.ndarray | list[np.ndarray], params: np.ndarray,
+                 sizes: np.ndarray | None = None) -> list[torch.Tensor]:
+        """Replay ``params`` on ``images``; ``sizes`` ``[B, 2]`` are the images' own sizes when they vary."""
         if len(images) > self.batch_size:
             raise ValueError(f"batch of {len(images)} exceeds the pipeline's batch size {self.batch_size}")
-        anchor, shape, flip = pixel_boxes(params, self.image_hw)
-        self.pipe.feed_input("images", np.ascontiguousarray(images))
+        anchor, shape, flip = pixel_boxes(params, self.image_hw if sizes is None else sizes)
+        self.pipe.feed_input("images", list(images) if self.decode else np.ascontiguousarray(images))
         self.pipe.feed_input("anchor", anchor)
         self.pipe.feed_input("shape", shape)
         self.pipe.feed_input("flip", flip)
@@ -70,8 +78,11 @@ def _to_torch(out: object, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(out.as_array())  # type: ignore[attr-defined]
 
 
-def crop_size_for(policy: ViewPolicy, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+def crop_size_for(policy: ViewPolicy, source: Source) -> tuple[int, int] | None:
     """The common crop size when no view needs a resize (pad-and-crop at crop_pct 1), else None."""
+    if source.encoded:
+        return None
+    image_hw = source.image_hw
     if policy.kind in ("pad_crop", "none") and policy.crop_pct == 1.0 and image_hw[0] == image_hw[1]:
         return image_hw
     return None
@@ -116,7 +127,7 @@ ParamsFn = Callable[[np.ndarray], np.ndarray]
 LogitsFn = Callable[[np.ndarray], np.ndarray | None]
 
 
-def stream(source: ArraySource, batches: list[np.ndarray], replayer: ViewReplayer, params_of: ParamsFn,
+def stream(source: Source, batches: list[np.ndarray], replayer: ViewReplayer, params_of: ParamsFn,
            logits_of: LogitsFn | None = None, labels: np.ndarray | None = None, prefetch: int = 2) -> Iterator[Batch]:
     """Yield :class:`Batch` es for ``batches`` of sample indices, preparing the next ones in a thread.
 
@@ -127,7 +138,7 @@ def stream(source: ArraySource, batches: list[np.ndarray], replayer: ViewReplaye
     device = replayer.device
 
     def make(idx: np.ndarray) -> Batch:
-        inputs = replayer(source.images[idx], params_of(idx))
+        inputs = replayer(source.read(idx), params_of(idx), source.sizes_of(idx) if source.encoded else None)
         t = logits_of(idx) if logits_of is not None else None
         return Batch(idx, [x.to(device, non_blocking=True) for x in inputs],
                      torch.from_numpy(lab[idx]).to(device),

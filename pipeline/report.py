@@ -73,6 +73,7 @@ def plot_weak_to_strong(rows: list[dict[str, Any]], runs: list[RunResult], path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = [r["model"] for r in rows]
@@ -93,6 +94,7 @@ def plot_weak_to_strong(rows: list[dict[str, Any]], runs: list[RunResult], path:
         if run.history:
             ax2.plot([h["epoch"] + 1 for h in run.history], [100 * h["test_acc"] for h in run.history],
                      marker="o", label=run.name)
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test accuracy (%)")
     ax2.set_title("test accuracy per epoch")

@@ -9,13 +9,15 @@ evaluation on the test split's fixed view, a metrics row and an atomic checkpoin
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,46 +25,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.checkpoint import (CheckpointError, load_model, load_state, load_state_strict, save_model,
+from pipeline.checkpoint import (CheckpointError, atomic_write, load_model, load_state, load_state_strict, save_model,
                                  save_state, unwrap, write_json)
 from pipeline.config import Config, save_config
-from pipeline.loader import OutputSpec, ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
+from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
+from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
 from pipeline.models import create
 from pipeline.objectives import Objective, build_objective
-from pipeline.runtime import Dist, RunError, RunLock, all_reduce_sum, setup
-from pipeline.sources.base import ArraySource
+from pipeline.runtime import RunError, RunLock, all_reduce_sum, setup
+from pipeline.sources.base import Source
 from pipeline.sources.registry import train_and_test
+from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec, view_policy
 from pipeline.views import ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "test_acc", "test_agreement", "images_per_s", "epoch_s")
 TEACHER_MODES = ("store", "online")
-
-
-def view_policy(cfg: Config) -> ViewPolicy:
-    v = cfg.views
-    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, v.seed)
-
-
-def dataset_record(source: ArraySource) -> dict[str, Any]:
-    """What a store records about the data it was computed on (compared by train-student)."""
-    return {"source": source.name, "split": source.split, "num_samples": len(source),
-            "fingerprint": source.fingerprint()}
-
-
-def input_spec(source: ArraySource, mean: Any, std: Any, size: Any) -> OutputSpec:
-    """(size, mean, std) for a model: its own values where given, else the dataset's."""
-    hw = (int(size), int(size)) if size else source.image_hw
-    return hw, tuple(mean or source.mean), tuple(std or source.std)
-
-
-def teacher_spec(source: ArraySource, meta: dict[str, Any]) -> OutputSpec:
-    """The teacher's own normalization and input size, as recorded in its model.json."""
-    return input_spec(source, meta.get("mean"), meta.get("std"), meta.get("input_size"))
+AMP_MODES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -76,7 +59,7 @@ class Teacher:
     sha256: str | None = None
 
 
-def open_teacher(cfg: Config, objective: Objective, train_src: ArraySource, policy: ViewPolicy,
+def open_teacher(cfg: Config, objective: Objective, train_src: Source, policy: ViewPolicy,
                  device: torch.device) -> Teacher | None:
     """Load what the objective needs and check that a store matches this run's data and views."""
     if not objective.needs_teacher:
@@ -125,72 +108,118 @@ class Trainer:
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
         self.train_src, self.test_src = train_and_test(cfg.data)
-        ob = cfg.objective
-        name = "vanilla" if self.role == "teacher" else ob.name
-        if self.role == "teacher" and ob.name != "vanilla":
-            raise RunError(f"train-teacher uses the vanilla objective, but objective.name is {ob.name!r}")
-        self.objective = build_objective(name, kd_temperature=ob.kd_temperature, threshold=ob.threshold,
-                                         gt_weight=ob.gt_weight, kd_weight=ob.kd_weight, rate=ob.rate,
-                                         max_weight=ob.max_weight, warmup_rate=ob.warmup_rate)
+        self.objective = self._objective()
         self.policy = view_policy(cfg)
+        self.mix = mix_config(cfg)
+        self.augment = student_augment(cfg)
         self.teacher = open_teacher(cfg, self.objective, self.train_src, self.policy, self.device)
         self.labels = self.train_src.labels
         if self.teacher and self.teacher.store is not None:
             self.labels = self.teacher.store.labels()  # the labels the teacher saw (e.g. noisy)
-        m = cfg.model
+        self._build_model()
+        self._build_optimizer()
+        self.student_spec = input_spec(self.train_src, cfg.model.mean, cfg.model.std, cfg.model.input_size)
+        self.specs = [self.student_spec]
+        if self.teacher and self.teacher.mode == "online":
+            self.specs.append(teacher_spec(self.train_src, self.teacher.meta or {}))
+        self.eval_replayer = ViewReplayer(self.test_src.image_hw, [self.student_spec], cfg.optim.eval_batch_size,
+                                          crop_size_for(self.policy, self.test_src), cfg.run.device,
+                                          cfg.run.num_threads, decode=self.test_src.encoded)
+        self.train_replayer = self._train_replayer(0)
+        self.erasing = None
+        if cfg.augment.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erasing = RandomErasing(cfg.augment.random_erasing, mode="pixel", device=str(self.device))
+        self.test_teacher_pred = self._teacher_test_predictions()
+
+    def _objective(self) -> Objective:
+        ob = self.cfg.objective
+        if self.role == "teacher" and ob.name != "vanilla":
+            raise RunError(f"train-teacher uses the vanilla objective, but objective.name is {ob.name!r}")
+        return build_objective(ob.name, kd_temperature=ob.kd_temperature, threshold=ob.threshold,
+                               gt_weight=ob.gt_weight, kd_weight=ob.kd_weight, rate=ob.rate,
+                               max_weight=ob.max_weight, warmup_rate=ob.warmup_rate)
+
+    def _build_model(self) -> None:
+        cfg, m = self.cfg, self.cfg.model
         torch.manual_seed(cfg.run.seed)
         model = create(m.name, self.train_src.num_classes, self.train_src.channels, **m.kwargs)
-        if m.init_checkpoint:
-            from safetensors.torch import load_file
+        if m.pretrained:
+            from pipeline.pretrained import load_pretrained
 
-            load_state_strict(model, load_file(m.init_checkpoint), m.init_checkpoint)
-        self.model = model.to(self.device)
-        self.ddp: nn.Module = self.model
+            report = load_pretrained(model, m.pretrained, kind=m.pretrained_kind, reset_head=m.pretrained_reset_head)
+            if self.dist.is_main:
+                self.console.print(f"loaded {m.pretrained} ({report.kind}): {len(report.missing)} kept as initialized, "
+                                   f"{len(report.unexpected)} dropped, {len(report.reset)} re-initialized, "
+                                   f"{len(report.resized)} resampled")
+        if cfg.run.amp not in AMP_MODES:
+            raise RunError(f"run.amp must be one of {', '.join(AMP_MODES)}, got {cfg.run.amp!r}")
+        if cfg.run.amp == "fp16" and self.device.type != "cuda":
+            raise RunError("run.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        self.memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        net: nn.Module = self.model
         if self.dist.world > 1:
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.student_spec = input_spec(self.train_src, m.mean, m.std, m.input_size)
-        o = cfg.optim
-        if o.batch_size % self.dist.world:
-            raise RunError(f"optim.batch_size {o.batch_size} is not divisible by the {self.dist.world} processes")
-        self.local_batch = o.batch_size // self.dist.world
-        self.steps_per_epoch = len(self.train_src) // o.batch_size
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.run.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        self.net = net
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.amp == "fp16")
+
+    def _build_optimizer(self) -> None:
+        o = self.cfg.optim
+        self.global_batch = o.batch_per_process * self.dist.world if o.batch_per_process else o.batch_size
+        scale = self.global_batch / o.batch_size  # linear scaling rule (1 when the recipe's batch is kept)
+        if self.global_batch % self.dist.world:
+            raise RunError(f"global batch {self.global_batch} is not divisible by the {self.dist.world} processes")
+        self.local_batch = self.global_batch // self.dist.world
+        self.steps_per_epoch = len(self.train_src) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise RunError(f"{len(self.train_src)} training samples are fewer than one batch of {o.batch_size}")
-        opt_name = o.name
-        if o.name == "sgd":
-            opt_name = "sgd" if o.nesterov else "momentum"
+            raise RunError(f"{len(self.train_src)} training samples are fewer than one batch of {self.global_batch}")
+        opt_name = ("sgd" if o.nesterov else "momentum") if o.name == "sgd" else o.name
         kwargs: dict[str, Any] = {"momentum": o.momentum} if o.name == "sgd" else {}
-        self.optimizer = create_optimizer_v2(self.model, opt=opt_name, lr=o.lr, weight_decay=o.weight_decay, **kwargs)
-        total = o.epochs * self.steps_per_epoch
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=total, lr_min=o.min_lr,
+        if o.layer_decay > 0:
+            kwargs["layer_decay"] = o.layer_decay
+        self.optimizer = create_optimizer_v2(self.model, opt=opt_name, lr=o.lr * scale, weight_decay=o.weight_decay,
+                                             **kwargs)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=o.epochs * self.steps_per_epoch,
+                                           lr_min=o.min_lr * scale,
                                            warmup_t=int(o.warmup_epochs * self.steps_per_epoch),
-                                           warmup_lr_init=o.lr * 1e-3 if o.warmup_epochs else 0.0,
+                                           warmup_lr_init=o.lr * scale * 1e-3 if o.warmup_epochs else 0.0,
                                            warmup_prefix=True, t_in_epochs=False)
-        hw = self.train_src.image_hw
-        crop = crop_size_for(self.policy, hw)
-        specs = [self.student_spec]
-        if self.teacher and self.teacher.mode == "online":
-            specs.append(teacher_spec(self.train_src, self.teacher.meta or {}))
-        nt = self.cfg.run.num_threads
-        self.train_replayer = ViewReplayer(hw, specs, self.local_batch, crop, cfg.run.device, nt)
-        self.eval_replayer = ViewReplayer(hw, [self.student_spec], o.eval_batch_size, crop, cfg.run.device, nt)
-        self.test_teacher_pred = self._teacher_test_predictions()
+
+    def _train_replayer(self, epoch: int) -> ViewReplayer:
+        """The training pipeline; with DALI-side augmentation it is rebuilt per epoch from (seed, epoch, rank)."""
+        seed = int(np.random.default_rng([self.cfg.run.seed, epoch, self.dist.rank]).integers(2**31))
+        return ViewReplayer(self.train_src.image_hw, self.specs, self.local_batch,
+                            crop_size_for(self.policy, self.train_src), self.cfg.run.device, self.cfg.run.num_threads,
+                            decode=self.train_src.encoded, augment=self.augment, seed=seed)
 
     def _teacher_test_predictions(self) -> np.ndarray | None:
         """The teacher's argmax on the test split's fixed view (for student-teacher agreement)."""
         if not self.teacher or self.teacher.model is None:
             return None
-        spec = teacher_spec(self.test_src, self.teacher.meta or {})
-        rep = ViewReplayer(self.test_src.image_hw, [spec], self.cfg.optim.eval_batch_size,
-                           crop_size_for(self.policy, self.test_src.image_hw), self.cfg.run.device,
-                           self.cfg.run.num_threads)
-        preds = np.empty(len(self.test_src), dtype=np.int64)
-        idx_all = np.arange(len(self.test_src))
-        fixed = lambda idx: sample_params(self.policy, idx, 0, self.test_src.image_hw)  # noqa: E731
+        src = self.test_src
+        rep = ViewReplayer(src.image_hw, [teacher_spec(src, self.teacher.meta or {})], self.cfg.optim.eval_batch_size,
+                           crop_size_for(self.policy, src), self.cfg.run.device, self.cfg.run.num_threads,
+                           decode=src.encoded)
+        preds = np.empty(len(src), dtype=np.int64)
         with torch.no_grad():
-            for b in stream(self.test_src, np.array_split(idx_all, math.ceil(len(idx_all) / rep.batch_size)), rep, fixed):
+            for b in self._eval_stream(rep, world=1, rank=0):
                 preds[b.indices] = self.teacher.model(b.inputs[0]).argmax(1).cpu().numpy()
         return preds
+
+    def _eval_stream(self, rep: ViewReplayer, world: int, rank: int) -> Iterator[Any]:
+        src = self.test_src
+        batches = shard_batches(np.arange(len(src)), rep.batch_size * world, rank, world, drop_last=False)
+        return stream(src, batches, rep, lambda idx: sample_params(self.policy, idx, 0, src.sizes_of(idx)))
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = AMP_MODES[self.cfg.run.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     # -- loop --------------------------------------------------------------------------------
     def _run(self) -> dict[str, Any]:
@@ -209,45 +238,41 @@ class Trainer:
                 self.console.print(_epoch_line(row, epochs))
         return self._finish(history)
 
-    def _batches(self, epoch: int) -> list[np.ndarray]:
-        order = epoch_order(len(self.train_src), epoch, self.cfg.run.seed, shuffle=True)
-        return shard_batches(order, self.cfg.optim.batch_size, self.dist.rank, self.dist.world, drop_last=True)
-
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, t = self.cfg, self.teacher
-        view = self.policy.epoch_view(epoch, cfg.views.augment)
-        hw = self.train_src.image_hw
-        logits_of: Callable[[np.ndarray], np.ndarray] | None = None
+    def _epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
+        """Where this epoch's view params and teacher logits come from."""
+        view = self.policy.epoch_view(epoch, self.cfg.views.augmented)
+        t = self.teacher
         if t is not None and t.mode == "store":
             assert t.store is not None
             logits_all, params_all = t.store.read_view(view)
-            params_of: Callable[[np.ndarray], np.ndarray] = lambda idx: params_all[idx]  # noqa: E731
-            logits_of = lambda idx: logits_all[idx]  # noqa: E731
-        else:
-            params_of = lambda idx: sample_params(self.policy, idx, view, hw)  # noqa: E731
+            return (lambda idx: params_all[idx]), (lambda idx: logits_all[idx])
+        src = self.train_src
+        return (lambda idx: sample_params(self.policy, idx, view, src.sizes_of(idx))), None
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, t = self.cfg, self.teacher
+        if epoch > 0 and self.augment.active:
+            self.train_replayer = self._train_replayer(epoch)
+        random.seed(hash((cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
+        params_of, logits_of = self._epoch_sources(epoch)
+        order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
+        batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
         self.model.train()
         sums = np.zeros(9)  # loss gt kd align weight correct agree n steps
-        batches = self._batches(epoch)
         start = time.perf_counter()
         num_updates = epoch * self.steps_per_epoch
         with _progress(self.console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches))
-            for b in stream(self.train_src, batches, self.train_replayer, params_of, logits_of, self.labels):
-                zt = b.teacher_logits
-                if t is not None and t.mode == "online":
-                    with torch.no_grad():
-                        zt = t.model(b.inputs[1])  # type: ignore[misc]
-                zs = self.ddp(b.inputs[0])
-                out = self.objective(zs, zt, b.labels, epoch=epoch, epochs=cfg.optim.epochs)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                self.optimizer.step()
+            for step, b in enumerate(stream(self.train_src, batches, self.train_replayer, params_of, logits_of,
+                                            self.labels)):
+                out, zs, zt = self._step(b, epoch, step)
                 num_updates += 1
                 self.scheduler.step_update(num_updates)
                 n = len(b.indices)
                 pred = zs.detach().argmax(1)
-                sums += [out.total.item() * n, out.terms["gt"].item() * n, out.terms.get("kd", torch.tensor(0.)).item() * n,
-                         out.terms.get("align", torch.tensor(0.)).item() * n,
+                sums += [out.total.item() * n, out.terms["gt"].item() * n,
+                         out.terms["kd"].item() * n if "kd" in out.terms else 0.0,
+                         out.terms["align"].item() * n if "align" in out.terms else 0.0,
                          0.0 if out.sample_weight is None else out.sample_weight.sum().item(),
                          (pred == b.labels).sum().item(),
                          0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1]
@@ -263,23 +288,50 @@ class Trainer:
             row["weight_mean"] = s[4] / n
         return row
 
+    def _step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
+        """One optimizer step: mix, teacher logits, forward, objective, backward."""
+        cfg, t = self.cfg, self.teacher
+        x = b.inputs[0].contiguous(memory_format=self.memory_format)
+        x_t = b.inputs[1] if len(b.inputs) > 1 else None
+        zt = b.teacher_logits
+        target: Tensor = b.labels
+        mix = draw(self.mix, batch_rng(cfg.run.seed, epoch, step)) if self.mix.active else None
+        lam = 1.0
+        if mix is not None:
+            x, lam = mix_images(x, mix)
+            if x_t is not None:
+                x_t, _ = mix_images(x_t, mix)
+            elif zt is not None:
+                zt = mix_teacher_logits(zt, lam, self.objective.kd_temperature)
+        if mix is not None or self.mix.label_smoothing > 0:
+            target = mix_targets(b.labels, self.train_src.num_classes, lam, self.mix.label_smoothing)
+        if self.erasing is not None:
+            x = self.erasing(x)
+        if t is not None and t.mode == "online":
+            assert t.model is not None and x_t is not None
+            with torch.no_grad(), self._autocast():
+                zt = t.model(x_t).float()
+        with self._autocast():
+            zs = self.net(x)
+        out = self.objective(zs.float(), zt, target, epoch=epoch, epochs=cfg.optim.epochs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out, zs, zt
+
     def _evaluate(self) -> dict[str, float]:
         """Accuracy on the test split's fixed view (and agreement with the teacher's test predictions)."""
-        src = self.test_src
-        order = np.arange(len(src))
-        eb = self.cfg.optim.eval_batch_size
-        batches = shard_batches(order, eb * self.dist.world, self.dist.rank, self.dist.world, drop_last=False)
-        fixed = lambda idx: sample_params(self.policy, idx, 0, src.image_hw)  # noqa: E731
         self.model.eval()
         correct = agree = count = 0.0
-        with torch.no_grad():
-            for b in stream(src, batches, self.eval_replayer, fixed):
-                pred = self.model(b.inputs[0]).argmax(1)
+        with torch.no_grad(), self._autocast():
+            for b in self._eval_stream(self.eval_replayer, self.dist.world, self.dist.rank):
+                pred = self.model(b.inputs[0].contiguous(memory_format=self.memory_format)).argmax(1)
                 correct += (pred == b.labels).sum().item()
                 if self.test_teacher_pred is not None:
-                    agree += (pred.cpu().numpy() == self.test_teacher_pred[b.indices]).sum()
+                    agree += float((pred.cpu().numpy() == self.test_teacher_pred[b.indices]).sum())
                 count += len(b.indices)
-        correct, agree, count = all_reduce_sum([correct, float(agree), count], self.device, self.dist)
+        correct, agree, count = all_reduce_sum([correct, agree, count], self.device, self.dist)
         row = {"test_acc": correct / count}
         if self.test_teacher_pred is not None:
             row["test_agreement"] = agree / count
@@ -287,11 +339,10 @@ class Trainer:
 
     # -- files -------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
-        m = self.cfg.model
-        size, mean, std = self.student_spec
+        m, spec = self.cfg.model, self.student_spec
         return {"model": m.name, "kwargs": m.kwargs, "num_classes": self.train_src.num_classes,
-                "in_chans": self.train_src.channels, "mean": list(mean), "std": list(std), "input_size": size[0],
-                "dataset": dataset_record(self.train_src)}
+                "in_chans": self.train_src.channels, "mean": list(spec.mean), "std": list(spec.std),
+                "input_size": spec.size[0], "dataset": dataset_record(self.train_src)}
 
     def _restore(self) -> tuple[int, list[dict[str, float]]]:
         state_path = self.out / "checkpoints" / "state.pt"
@@ -310,6 +361,7 @@ class Trainer:
             raise RunError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         history = json.loads(state["history"])
         if self.dist.is_main:
@@ -319,14 +371,12 @@ class Trainer:
     def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
         save_state(self.out / "checkpoints" / "state.pt", {
             "epoch": epoch, "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "history": json.dumps(history)})
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
 
     def _write_metrics(self, history: list[dict[str, float]]) -> None:
         keys = [k for k in METRIC_KEYS if any(k in r for r in history)]
         lines = "".join(json.dumps(r) + "\n" for r in history)
-        from pipeline.checkpoint import atomic_write
-
         atomic_write(self.out / "metrics.jsonl", lambda p: Path(p).write_text(lines))
 
         def write_csv(p: str) -> None:

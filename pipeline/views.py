@@ -86,23 +86,33 @@ def _randint(u: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(u * (high + 1)), high)
 
 
-def fixed_box(policy: ViewPolicy, hw: tuple[int, int], n: int) -> np.ndarray:
+def _sizes(hw: tuple[int, int] | np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample heights and widths ``[n]`` from one size or an ``[n, 2]`` array of sizes."""
+    a = np.asarray(hw, dtype=np.float64)
+    if a.ndim == 1:
+        a = np.broadcast_to(a, (n, 2))
+    return a[:, 0], a[:, 1]
+
+
+def fixed_box(policy: ViewPolicy, hw: tuple[int, int] | np.ndarray, n: int) -> np.ndarray:
     """Centered square box of ``crop_pct`` of the shorter side, no flip."""
-    h, w = hw
-    side = policy.crop_pct * min(h, w)
+    h, w = _sizes(hw, n)
+    side = policy.crop_pct * np.minimum(h, w)
     bh, bw = side / h, side / w
-    box = np.array([(1 - bh) / 2, (1 - bw) / 2, bh, bw, 0.0])
-    return np.tile(box, (n, 1))
+    return np.stack([(1 - bh) / 2, (1 - bw) / 2, bh, bw, np.zeros(n)], axis=1)
 
 
-def sample_params(policy: ViewPolicy, indices: np.ndarray, view: int, hw: tuple[int, int]) -> np.ndarray:
-    """Params ``[n, 5]`` float32 of ``view`` for samples ``indices`` of images of size ``hw``."""
+def sample_params(policy: ViewPolicy, indices: np.ndarray, view: int, hw: tuple[int, int] | np.ndarray) -> np.ndarray:
+    """Params ``[n, 5]`` float32 of ``view`` for samples ``indices`` of images of size ``hw``.
+
+    ``hw`` is one ``(height, width)`` for all samples or an ``[n, 2]`` array (image folders).
+    """
     idx = np.asarray(indices, dtype=np.int64)
     if view == 0:
         return fixed_box(policy, hw, len(idx)).astype(np.float32)
     if not 1 <= view < policy.total_views:
         raise ValueError(f"view {view} out of range for a policy with {policy.total_views} views")
-    h, w = hw
+    h, w = _sizes(hw, len(idx))
     s = policy.seed
     if policy.kind == "pad_crop":
         p = policy.pad
@@ -115,12 +125,12 @@ def sample_params(policy: ViewPolicy, indices: np.ndarray, view: int, hw: tuple[
     return np.concatenate([out, flip[:, None].astype(np.float64)], axis=1).astype(np.float32)
 
 
-def _random_resized_boxes(policy: ViewPolicy, idx: np.ndarray, view: int, hw: tuple[int, int],
+def _random_resized_boxes(policy: ViewPolicy, idx: np.ndarray, view: int, hw: tuple[int, int] | np.ndarray,
                           attempts: int = 10) -> np.ndarray:
     """timm/torchvision RandomResizedCrop box, vectorized: first of ``attempts`` draws that fits."""
-    h, w = hw
-    area = h * w
     n = len(idx)
+    h, w = _sizes(hw, n)
+    area = h * w
     log_r = np.log(policy.ratio)
     box = np.full((n, 4), np.nan)
     for a in range(attempts):
@@ -134,48 +144,88 @@ def _random_resized_boxes(policy: ViewPolicy, idx: np.ndarray, view: int, hw: tu
         box[ok] = np.stack([y, x, ch, cw], axis=1)[ok]
     miss = np.isnan(box[:, 0])
     if miss.any():  # fallback: the largest centered crop whose ratio is within bounds
-        in_ratio = w / h
-        if in_ratio < policy.ratio[0]:
-            cw, ch = w, round(w / policy.ratio[0])
-        elif in_ratio > policy.ratio[1]:
-            ch, cw = h, round(h * policy.ratio[1])
-        else:
-            cw, ch = w, h
-        box[miss] = [(h - ch) // 2, (w - cw) // 2, ch, cw]
-    return box / np.array([h, w, h, w], dtype=np.float64)
+        hm, wm = h[miss], w[miss]
+        in_ratio = wm / hm
+        cw = np.where(in_ratio > policy.ratio[1], np.round(hm * policy.ratio[1]), wm)
+        ch = np.where(in_ratio < policy.ratio[0], np.round(wm / policy.ratio[0]), hm)
+        box[miss] = np.stack([(hm - ch) // 2, (wm - cw) // 2, ch, cw], axis=1)
+    return box / np.stack([h, w, h, w], axis=1)
 
 
-def pixel_boxes(params: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pixel_boxes(params: np.ndarray, hw: tuple[int, int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalized params -> integer pixel anchors ``[n, 2]``, shapes ``[n, 2]`` (float32) and flips.
 
     Rounding happens here, in numpy, once for both stages, so DALI always receives exact pixels.
     """
-    scale = np.array(hw, dtype=np.float64)
     p = np.asarray(params, dtype=np.float64)
+    h, w = _sizes(hw, len(p))
+    scale = np.stack([h, w], axis=1)
     anchor = np.round(p[:, 0:2] * scale).astype(np.float32)
     shape = np.maximum(np.round(p[:, 2:4] * scale), 1).astype(np.float32)
     flip = (p[:, 4] > 0.5).astype(np.int32)
     return anchor, shape, flip
 
 
-def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]],
-           crop_hw: tuple[int, int] | None) -> list[Any]:
+@dataclass(frozen=True)
+class InputSpec:
+    """What one model receives: output size ``(h, w)`` and per-channel mean/std on the 0..1 scale."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class StudentAugment:
+    """Augmentation the teacher never saw, applied to the student's copy of the replayed view."""
+
+    policy: str = "none"
+    num_ops: int = 2
+    magnitude: int = 9
+
+    POLICIES = ("none", "rand_augment", "auto_augment")
+
+    def __post_init__(self) -> None:
+        if self.policy not in self.POLICIES:
+            raise ValueError(f"unknown augment.policy {self.policy!r}; valid: {', '.join(self.POLICIES)}")
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "none"
+
+
+def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[InputSpec],
+           crop_hw: tuple[int, int] | None, augment: StudentAugment | None = None) -> list[Any]:
     """The DALI graph shared by both stages: crop (zero padding outside), resize, flip, normalize.
 
-    ``outputs`` lists ``(size_hw, mean, std)`` per consumer (student, and the teacher in online
-    mode; the teacher alone in stage 1), mean/std on the 0..1 scale. ``crop_hw`` is the crop
-    size when every view's crop has the output size (pad-and-crop, no resize needed), else None.
+    ``outputs`` lists the consumers (the student, and the teacher in online mode; the teacher
+    alone in stage 1). ``crop_hw`` is the crop size when every view's crop already has the output
+    size (pad-and-crop, no resize needed), else None. ``augment`` (RandAugment / AutoAugment)
+    changes the first output only, after the crop, so the teacher's copy stays the stored view.
     """
     from nvidia.dali import fn, types
 
     crop = fn.slice(images, anchor, shape, axis_names="HW", out_of_bounds_policy="pad", fill_values=0,
                     normalized_anchor=False, normalized_shape=False)
     results = []
-    for size, mean, std in outputs:
+    for i, spec in enumerate(outputs):
         x = crop
-        if crop_hw is None or tuple(size) != tuple(crop_hw):
-            x = fn.resize(crop, size=list(size), interp_type=types.INTERP_LINEAR, antialias=False)
-        results.append(fn.crop_mirror_normalize(x, mirror=flip, mean=[255.0 * m for m in mean],
-                                                std=[255.0 * s for s in std], dtype=types.FLOAT,
+        if crop_hw is None or tuple(spec.size) != tuple(crop_hw):
+            x = fn.resize(crop, size=list(spec.size), interp_type=types.INTERP_LINEAR, antialias=False)
+        if i == 0 and augment is not None and augment.active:
+            x = _auto_augment(x, augment)
+        results.append(fn.crop_mirror_normalize(x, mirror=flip, mean=[255.0 * m for m in spec.mean],
+                                                std=[255.0 * s for s in spec.std], dtype=types.FLOAT,
                                                 output_layout="CHW"))
     return results
+
+
+def _auto_augment(x: Any, augment: StudentAugment) -> Any:
+    """DALI's RandAugment (n ops of magnitude m out of 30) or AutoAugment (ImageNet policy)."""
+    if augment.policy == "rand_augment":
+        from nvidia.dali.auto_aug import rand_augment
+
+        return rand_augment.rand_augment(x, n=augment.num_ops, m=augment.magnitude)
+    from nvidia.dali.auto_aug import auto_augment
+
+    return auto_augment.auto_augment_image_net(x)

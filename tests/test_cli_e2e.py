@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.loader import ViewReplayer, crop_size_for
 from pipeline.objectives import build_objective
 from pipeline.sources.registry import train_and_test
-from pipeline.train_student import teacher_spec, view_policy
+from pipeline.specs import teacher_spec, view_policy
 from pipeline.checkpoint import load_model
 from store.soft_label_store import SoftLabelStore
 
@@ -134,7 +134,7 @@ def test_online_teacher_matches_store_on_the_same_batch(pipeline_run):
     idx = np.arange(300, 428)
     cached, params = store.read_view(view, idx)
     spec = teacher_spec(train_src, meta)
-    rep = ViewReplayer(train_src.image_hw, [spec], len(idx), crop_size_for(policy, train_src.image_hw))
+    rep = ViewReplayer(train_src.image_hw, [spec], len(idx), crop_size_for(policy, train_src))
     with torch.no_grad():
         online = teacher(rep(train_src.images[idx], params)[0])
     zs = torch.randn(len(idx), 10, generator=torch.Generator().manual_seed(0)) * 3
@@ -170,7 +170,7 @@ def test_unknown_config_key_lists_valid_keys(pipeline_run, tmp_path):
     assert "lr, momentum, nesterov" in msg
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: {name: x}\n")
-    _fails(["train-student", str(bad)], "valid keys in the top level: data, views, model")
+    _fails(["train-student", str(bad)], "valid keys in the top level: data, views, augment, model")
 
 
 def test_store_that_does_not_match_view_policy(pipeline_run, tmp_path):

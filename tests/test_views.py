@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches
-from pipeline.views import ViewPolicy, pixel_boxes, sample_params
+from pipeline.sources.base import ArraySource
+from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
 
 
 def test_params_are_a_pure_function_of_seed_sample_view():
@@ -60,7 +61,7 @@ def test_replay_matches_numpy_reference_pad_crop_flip():
     imgs = _images()
     pol = ViewPolicy("pad_crop", num_views=2, pad=3, seed=1)
     params = sample_params(pol, np.arange(len(imgs)), 1, (28, 28))
-    rep = ViewReplayer((28, 28), [((28, 28), (0.0,), (1 / 255,))], 64, (28, 28))
+    rep = ViewReplayer((28, 28), [InputSpec((28, 28), (0.0,), (1 / 255,))], 64, (28, 28))
     out = rep(imgs, params)[0].numpy()
     anchor, _, flip = pixel_boxes(params, (28, 28))
     for i in range(len(imgs)):
@@ -78,9 +79,10 @@ def test_replay_bit_identical_across_runs_and_stage_paths(kind):
     imgs = _images(48, 32, 32, 3)
     pol = ViewPolicy(kind, num_views=2, pad=4, seed=5)
     params = sample_params(pol, np.arange(48), 2, (32, 32))
-    spec_t = ((32, 32), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-    spec_s = ((24, 24), (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
-    crop = crop_size_for(pol, (32, 32))
+    spec_t = InputSpec((32, 32), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    spec_s = InputSpec((24, 24), (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
+    src = ArraySource("x", "train", imgs, np.zeros(48), 10, (0.5,) * 3, (0.5,) * 3)
+    crop = crop_size_for(pol, src)
     stage1 = ViewReplayer((32, 32), [spec_t], 48, crop)(imgs, params)[0]
     again = ViewReplayer((32, 32), [spec_t], 48, crop)(imgs, params)[0]
     stage2 = ViewReplayer((32, 32), [spec_s, spec_t], 48, crop)(imgs, params)

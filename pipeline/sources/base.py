@@ -3,12 +3,39 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 
 class DataError(ValueError):
     """Raised when a dataset cannot be found or read; the message is one line for the user."""
+
+
+class Source(Protocol):
+    """What the loaders need of a dataset: labels, per-sample image access and identity."""
+
+    name: str
+    split: str
+    labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    encoded: bool
+
+    def __len__(self) -> int: ...
+
+    @property
+    def image_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    def read(self, indices: np.ndarray) -> np.ndarray | list[np.ndarray]: ...
+
+    def sizes_of(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def fingerprint(self) -> str: ...
 
 
 @dataclass
@@ -39,8 +66,18 @@ class ArraySource:
         if len(self.labels) != len(self.images):
             raise DataError(f"{self.name}/{self.split}: {len(self.images)} images but {len(self.labels)} labels")
 
+    encoded = False
+
     def __len__(self) -> int:
         return len(self.labels)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Decoded uint8 images ``[n, H, W, C]``."""
+        return self.images[indices]
+
+    def sizes_of(self, indices: np.ndarray) -> np.ndarray:
+        """Every image has the same size here: ``[n, 2]`` of ``image_hw``."""
+        return np.tile(np.array(self.image_hw, dtype=np.int64), (len(indices), 1))
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -1,0 +1,41 @@
+"""Small translations from a config to the objects both stages share (view policy, input specs, records)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.mixing import MixConfig
+from pipeline.sources.base import Source
+from pipeline.views import InputSpec, StudentAugment, ViewPolicy
+
+
+def view_policy(cfg: Config) -> ViewPolicy:
+    v = cfg.views
+    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, v.seed)
+
+
+def student_augment(cfg: Config) -> StudentAugment:
+    a = cfg.augment
+    return StudentAugment(a.policy, a.num_ops, a.magnitude)
+
+
+def mix_config(cfg: Config) -> MixConfig:
+    a = cfg.augment
+    return MixConfig(a.mixup, a.cutmix, a.mix_prob, a.switch_prob, a.label_smoothing)
+
+
+def dataset_record(source: Source) -> dict[str, Any]:
+    """What a store records about the data it was computed on (compared by train-student)."""
+    return {"source": source.name, "split": source.split, "num_samples": len(source),
+            "fingerprint": source.fingerprint()}
+
+
+def input_spec(source: Source, mean: Any, std: Any, size: Any) -> InputSpec:
+    """A model's input: its own size and normalization where given, else the dataset's."""
+    hw = (int(size), int(size)) if size else tuple(source.image_hw)
+    return InputSpec(hw, tuple(mean or source.mean), tuple(std or source.std))  # type: ignore[arg-type]
+
+
+def teacher_spec(source: Source, meta: dict[str, Any]) -> InputSpec:
+    """The teacher's own normalization and input size, as recorded in its model.json."""
+    return input_spec(source, meta.get("mean"), meta.get("std"), meta.get("input_size"))
