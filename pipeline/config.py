@@ -86,11 +86,19 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    """The weak teacher: its checkpoint (a train-teacher run dir or model file) and the store."""
+    """The weak teacher: its checkpoint and the store.
+
+    ``checkpoint`` is a ``w2s train-teacher`` run directory (or its model.safetensors); with ``model``
+    set (a timm name) it is an external timm-style ``.pth``/``.safetensors`` file instead.
+    ``layout``: full (float16 logits) or top_k (``top_k`` logits + indices + tail mass; README).
+    """
 
     checkpoint: str | None = None
+    model: str | None = None
     mode: str = "store"
     store: str | None = None
+    layout: str = "full"
+    top_k: int = 0
     batch_size: int = 512
     chunk_samples: int = 4096
 
@@ -135,7 +143,11 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    """Where results go and how the process runs."""
+    """Where results go and how the process runs.
+
+    ``amp``: none | bf16 | fp16 (fp16 uses a gradient scaler and needs CUDA); ``channels_last`` and
+    ``compile`` (``torch.compile`` with ``compile_backend``) are speed switches for GPUs.
+    """
 
     output: str = "runs/default"
     seed: int = 0
@@ -144,6 +156,7 @@ class RunConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @dataclass

@@ -14,14 +14,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.checkpoint import load_model
-from pipeline.config import Config
+from pipeline.pretrained import load_teacher
+from pipeline.config import Config, TeacherConfig
 from pipeline.loader import ViewReplayer, crop_size_for, stream
 from pipeline.runtime import RunError, RunLock, setup
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record, teacher_spec, view_policy
 from pipeline.views import PARAM_DIM, sample_params
-from store.soft_label_store import SoftLabelStore, StoreError
+from store.soft_label_store import SoftLabelStore
 
 
 def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
@@ -33,9 +33,9 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     if not tc.store:
         raise RunError("teacher.store is not set (where to write the store)")
     device, _ = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
-    teacher, meta, sha = load_model(tc.checkpoint)
-    teacher = teacher.to(device)
     source, _ = train_and_test(cfg.data)
+    teacher, meta, sha = load_teacher(tc.checkpoint, tc.model, source.num_classes, source.channels)
+    teacher = teacher.to(device)
     if source.num_classes != meta["num_classes"]:
         raise RunError(f"teacher predicts {meta['num_classes']} classes but {source.name} has {source.num_classes}")
     if int(source.labels.max()) >= meta["num_classes"] or int(source.labels.min()) < 0:
@@ -49,7 +49,7 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
              "output_size": list(spec.size)}
     path = Path(tc.store)
     with RunLock(path.parent / f".{path.name}"):
-        store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc.chunk_samples, attrs)
+        store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs)
         if store.is_complete:
             console.print(f"store {path} is complete; nothing to do")
             return {"store": str(path), "computed_chunks": 0, "teacher_accuracy": store.attrs["teacher_accuracy"]}
@@ -84,14 +84,15 @@ def view_accuracy(store: SoftLabelStore) -> list[float]:
     return [float((store.read_view(v)[0].argmax(1) == labels).mean()) for v in range(store.num_views)]
 
 
-def _open_or_create(path: Path, labels: np.ndarray, views: int, classes: int, chunk: int,
+def _open_or_create(path: Path, labels: np.ndarray, views: int, classes: int, tc: TeacherConfig,
                     attrs: dict[str, Any]) -> SoftLabelStore:
     """Resume a matching store (complete or partial); refuse one made from other inputs."""
     if path.exists():
         store = SoftLabelStore.open(path, mode="r+")
         expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}
-        store.check_attrs(expected)
+        store.check_attrs({**expected, "layout": tc.layout})
         return store
     return SoftLabelStore.create(path, num_samples=len(labels), num_views=views, num_classes=classes,
-                                 param_dim=PARAM_DIM, chunk_samples=chunk, labels=labels, attrs=attrs)
+                                 param_dim=PARAM_DIM, chunk_samples=tc.chunk_samples, labels=labels, attrs=attrs,
+                                 layout=tc.layout, top_k=tc.top_k)
 

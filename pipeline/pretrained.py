@@ -263,3 +263,28 @@ def load_pretrained(model: nn.Module, path: str | Path, *, kind: Kind = "auto", 
             state[key] = own[key]
     load_state_strict(model, state, str(path))
     return report
+
+
+def load_teacher(checkpoint: str | Path, model_name: str | None, num_classes: int,
+                 in_chans: int) -> tuple[nn.Module, dict[str, Any], str]:
+    """The teacher as (model in eval mode, description, weights sha256).
+
+    Without ``model_name`` the checkpoint is a model directory/file written by ``w2s train-teacher``;
+    with it, an external timm-style checkpoint (e.g. timm's ``resnet50_a1_0-14fe96d1.pth``) loaded
+    into ``timm.create_model(model_name)``, whose ``pretrained_cfg`` gives mean, std and input size.
+    """
+    from pipeline.checkpoint import file_sha256, load_model
+    from pipeline.models import create
+
+    if model_name is None:
+        return load_model(checkpoint)
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"teacher checkpoint {checkpoint} not found")
+    model = create(model_name, num_classes, in_chans)
+    load_pretrained(model, checkpoint, kind="timm")
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = cfg.get("input_size", (in_chans, 224, 224))[-1]
+    meta = {"model": model_name, "kwargs": {}, "num_classes": num_classes, "in_chans": in_chans,
+            "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))), "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+            "input_size": int(size)}
+    return model.eval(), meta, file_sha256(checkpoint)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.checkpoint import (CheckpointError, atomic_write, load_model, load_state, load_state_strict, save_model,
+from pipeline.checkpoint import (CheckpointError, atomic_write, load_state, load_state_strict, save_model,
                                  save_state, unwrap, write_json)
 from pipeline.config import Config, save_config
 from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
 from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
 from pipeline.models import create
 from pipeline.objectives import Objective, build_objective
+from pipeline.pretrained import load_teacher
 from pipeline.runtime import RunError, RunLock, all_reduce_sum, setup
 from pipeline.sources.base import Source
 from pipeline.sources.registry import train_and_test
@@ -69,7 +69,8 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source, policy: V
         raise RunError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
     t = Teacher(mode)
     if cfg.teacher.checkpoint:
-        model, t.meta, t.sha256 = load_model(cfg.teacher.checkpoint)
+        model, t.meta, t.sha256 = load_teacher(cfg.teacher.checkpoint, cfg.teacher.model, train_src.num_classes,
+                                               train_src.channels)
         t.model = model.to(device)
     elif mode == "online":
         raise RunError("teacher.mode is online but teacher.checkpoint is not set")
@@ -163,7 +164,7 @@ class Trainer:
         if self.dist.world > 1:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.run.compile:
-            net = torch.compile(net)  # type: ignore[assignment]
+            net = torch.compile(net, backend=cfg.run.compile_backend)  # type: ignore[assignment]
         self.net = net
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.amp == "fp16")
 

@@ -12,7 +12,7 @@ def summarize(path: str) -> str:
     total = s.done_mask().size
     lines = [f"store {path}",
              f"  status {a.get('status')}  samples {s.num_samples}  views {s.num_views}  classes {s.num_classes}"
-             f"  chunks {done}/{total}",
+             f"  chunks {done}/{total}  layout {s.layout}" + (f" (k={a['top_k']})" if s.layout == "top_k" else ""),
              f"  teacher {a['teacher']['model']}  sha256 {a['teacher']['sha256'][:16]}",
              f"  dataset {a['dataset']['source']}/{a['dataset']['split']}  fingerprint {a['dataset']['fingerprint'][:16]}",
              f"  views {a['view_policy']}"]

@@ -5,6 +5,9 @@ Layout (DESIGN.md, "The store"):
 - ``logits``       ``[N, V, C]`` float16, one chunk = one view of a block of samples, zstd.
 - ``view_params``  ``[N, V, P]`` float32, same chunking.
 - ``labels``       ``[N]`` int64, the labels the teacher saw.
+- with ``layout="top_k"`` instead of ``logits``: ``topk_values`` ``[N, V, k]`` float16,
+  ``topk_indices`` ``[N, V, k]`` int16/int32 and ``tail_logsumexp`` ``[N, V]`` float32
+  (see ``store/topk.py`` for the reconstruction and what it keeps exact).
 - ``chunk_crc``    ``[B, V]`` int64, the crc32 of each written logits chunk, -1 until written.
   It is written after the chunk's data, so it doubles as the completion record that lets an
   interrupted run resume chunk by chunk and lets ``verify`` find corrupt chunks.
@@ -28,7 +31,10 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
+from store.topk import compress, index_dtype, reconstruct
+
 SCHEMA_VERSION = 1
+LAYOUTS = ("full", "top_k")
 
 
 class StoreError(ValueError):
@@ -45,8 +51,29 @@ class ChunkRef:
     stop: int
 
 
-def _crc(data: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(data).tobytes()) & 0xFFFFFFFF
+def _crc(*arrays: np.ndarray) -> int:
+    value = 0
+    for a in arrays:
+        value = zlib.crc32(np.ascontiguousarray(a).tobytes(), value)
+    return value & 0xFFFFFFFF
+
+
+class TopKLogits:
+    """Lazy ``[N, C]`` logits of one view of a top_k store: rows are reconstructed when indexed."""
+
+    def __init__(self, values: np.ndarray, indices: np.ndarray, tail: np.ndarray, num_classes: int) -> None:
+        self.values, self.indices, self.tail, self.num_classes = values, indices, tail, num_classes
+        self.shape = (len(values), num_classes)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return reconstruct(self.values[idx], self.indices[idx], self.tail[idx], self.num_classes)
+
+    def argmax(self, axis: int = 1) -> np.ndarray:
+        """The hard labels, exact: the first stored index is the top-1 class."""
+        return self.indices[:, 0].astype(np.int64)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -67,19 +94,32 @@ class SoftLabelStore:
     @classmethod
     def create(cls, path: str | Path, *, num_samples: int, num_views: int, num_classes: int,
                param_dim: int, chunk_samples: int, labels: np.ndarray,
-               attrs: dict[str, Any]) -> "SoftLabelStore":
+               attrs: dict[str, Any], layout: str = "full", top_k: int = 0) -> "SoftLabelStore":
         """Create an empty (status "partial") store; refuses to overwrite an existing one."""
         path = str(path)
         if num_samples <= 0:
             raise StoreError("cannot create a store for an empty dataset (0 samples)")
+        if layout not in LAYOUTS:
+            raise StoreError(f"unknown store layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+        if layout == "top_k" and not 0 < top_k <= num_classes:
+            raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
         try:
             group = zarr.open_group(path, mode="w-", zarr_format=3)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
         chunk_samples = max(1, min(chunk_samples, num_samples))
         zstd = ZstdCodec(level=3)
-        group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
-                           chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
+        if layout == "full":
+            group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
+                               chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
+        else:
+            group.create_array("topk_values", shape=(num_samples, num_views, top_k), dtype="float16",
+                               chunks=(chunk_samples, 1, top_k), compressors=zstd, fill_value=0)
+            group.create_array("topk_indices", shape=(num_samples, num_views, top_k),
+                               dtype=index_dtype(num_classes).name, chunks=(chunk_samples, 1, top_k),
+                               compressors=zstd, fill_value=0)
+            group.create_array("tail_logsumexp", shape=(num_samples, num_views), dtype="float32",
+                               chunks=(chunk_samples, 1), compressors=zstd, fill_value=0)
         group.create_array("view_params", shape=(num_samples, num_views, param_dim), dtype="float32",
                            chunks=(chunk_samples, 1, param_dim), compressors=zstd, fill_value=0)
         lab = group.create_array("labels", shape=(num_samples,), dtype="int64",
@@ -89,7 +129,8 @@ class SoftLabelStore:
         group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
         group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",
                             "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
-                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": "float16"})
+                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": "float16",
+                            "layout": layout, "top_k": top_k if layout == "top_k" else None})
         pq.write_table(pa.table({"index": np.arange(num_samples, dtype=np.int64),
                                  "label": np.asarray(labels, dtype=np.int64)}), f"{path}/manifest.parquet")
         return cls(path, group)
@@ -127,6 +168,10 @@ class SoftLabelStore:
         return int(self.group.attrs["chunk_samples"])
 
     @property
+    def layout(self) -> str:
+        return str(self.group.attrs.get("layout", "full"))
+
+    @property
     def is_complete(self) -> bool:
         return self.group.attrs.get("status") == "complete"
 
@@ -146,13 +191,29 @@ class SoftLabelStore:
         return [c for c in self.chunks() if not done[c.block, c.view]]
 
     def write_chunk(self, chunk: ChunkRef, logits: np.ndarray, params: np.ndarray) -> None:
-        """Write one chunk's logits and params, then its completion record (crc) last."""
-        lg = np.asarray(logits, dtype=np.float16)
+        """Write one chunk's logits (compressed for top_k) and params, then its completion record last."""
+        lg = np.asarray(logits, dtype=np.float32)
         if not np.isfinite(lg).all():
             raise StoreError(f"teacher produced non-finite logits in samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}")
-        self.group["logits"][chunk.start:chunk.stop, chunk.view, :] = lg
-        self.group["view_params"][chunk.start:chunk.stop, chunk.view, :] = np.asarray(params, dtype=np.float32)
-        self.group["chunk_crc"][chunk.block, chunk.view] = _crc(lg)
+        rows = slice(chunk.start, chunk.stop)
+        if self.layout == "full":
+            data = [lg.astype(np.float16)]
+            self.group["logits"][rows, chunk.view, :] = data[0]
+        else:
+            c = compress(lg, int(self.group.attrs["top_k"]))
+            data = [c["values"], c["indices"], c["tail_lse"]]
+            self.group["topk_values"][rows, chunk.view, :] = c["values"]
+            self.group["topk_indices"][rows, chunk.view, :] = c["indices"]
+            self.group["tail_logsumexp"][rows, chunk.view] = c["tail_lse"]
+        self.group["view_params"][rows, chunk.view, :] = np.asarray(params, dtype=np.float32)
+        self.group["chunk_crc"][chunk.block, chunk.view] = _crc(*data)
+
+    def _chunk_data(self, chunk: ChunkRef) -> list[np.ndarray]:
+        rows = slice(chunk.start, chunk.stop)
+        if self.layout == "full":
+            return [self.group["logits"][rows, chunk.view, :]]
+        return [self.group["topk_values"][rows, chunk.view, :], self.group["topk_indices"][rows, chunk.view, :],
+                self.group["tail_logsumexp"][rows, chunk.view]]
 
     def finalize(self, view_accuracy: list[float]) -> None:
         """Mark the store complete once every chunk is written; record per-view accuracy."""
@@ -164,16 +225,27 @@ class SoftLabelStore:
                        f"{self.path}/teacher_accuracy.parquet")
         self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
 
-    def read_view(self, view: int, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``[n, C]`` float16 and params ``[n, P]`` float32 of one view (all or some samples)."""
+    def read_view(self, view: int, indices: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+        """Logits ``[n, C]`` and params ``[n, P]`` float32 of one view (all samples, or ``indices``).
+
+        Full stores give float16 arrays; top_k stores give float32 reconstructions, lazily
+        (a :class:`TopKLogits`) when all samples are asked for.
+        """
         if not 0 <= view < self.num_views:
             raise StoreError(f"view {view} out of range: the store has {self.num_views} views")
-        if indices is None:
-            return self.group["logits"][:, view, :], self.group["view_params"][:, view, :]
-        idx = np.asarray(indices, dtype=np.int64)
-        lg = self.group["logits"].get_orthogonal_selection((idx, view, slice(None)))
-        pr = self.group["view_params"].get_orthogonal_selection((idx, view, slice(None)))
-        return lg, pr
+        g = self.group
+        sel: Any = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+
+        def get(name: str) -> np.ndarray:
+            arr = g[name]
+            key = (sel, view) + (slice(None),) * (arr.ndim - 2)
+            return arr[key] if indices is None else arr.get_orthogonal_selection(key)
+
+        params = get("view_params")
+        if self.layout == "full":
+            return get("logits"), params
+        lazy = TopKLogits(get("topk_values"), get("topk_indices"), get("tail_logsumexp"), self.num_classes)
+        return (lazy if indices is None else lazy[:]), params
 
     def labels(self) -> np.ndarray:
         return self.group["labels"][:]
@@ -205,11 +277,11 @@ class SoftLabelStore:
                 problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: not written")
                 continue
             try:
-                data = self.group["logits"][c.start:c.stop, c.view, :]
+                data = self._chunk_data(c)
             except Exception as exc:  # a corrupt chunk fails to decode
                 problems.append(f"chunk (block {c.block}, view {c.view}): unreadable ({type(exc).__name__}: {exc})")
                 continue
-            if _crc(data) != crc[c.block, c.view]:
+            if _crc(*data) != crc[c.block, c.view]:
                 problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: checksum mismatch")
         return problems
 

@@ -50,7 +50,7 @@ from typing import Literal
 import numpy as np
 
 LAYOUTS = ("full", "top_k")
-_ROWS_PER_BLOCK = 4096  # bounds compress()'s temporaries (int64 keys, float64 tail) to ~8 bytes x rows x C
+_ROWS_PER_BLOCK = 4096  # bounds compress()'s temporaries (keys, float64 tail) to ~8 bytes x rows x C
 
 
 def index_dtype(num_classes: int) -> np.dtype:
@@ -65,14 +65,19 @@ def _check_k(k: int, num_classes: int) -> int:
 
 
 def _order_keys(h: np.ndarray) -> np.ndarray:
-    """int64 keys of float16 rows ``[n, C]``, unique per row: larger logit first, then lower class index.
+    """Integer keys of float16 rows ``[n, C]``, unique per row: larger logit first, then lower class index.
 
     Unique keys make the top-k selection deterministic and break ties like ``argmax`` (first maximum).
+    The float16 bit pattern is mapped to an unsigned integer that is monotone in the value (sign bit
+    flipped for positives, all bits flipped for negatives) and the reversed class index fills the
+    low bits: uint32 keys when ``C <= 65536``, else uint64.
     """
-    bits = h.view(np.uint16).astype(np.int64)
-    ordered = np.where(bits & 0x8000, 0xFFFF - bits, bits | 0x8000)  # monotone in the float16 value
+    bits = h.view(np.uint16)
+    flip = (bits >> 15) * np.uint16(0x7FFF) + np.uint16(0x8000)  # 0xFFFF for negatives, 0x8000 otherwise
+    ordered = bits ^ flip
     c = h.shape[-1]
-    return (ordered << 32) | (c - 1 - np.arange(c, dtype=np.int64))
+    wide, shift = (np.uint32, 16) if c <= 1 << 16 else (np.uint64, 32)
+    return (ordered.astype(wide) << wide(shift)) | (c - 1 - np.arange(c)).astype(wide)
 
 
 def _compress_rows(h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,10 +85,10 @@ def _compress_rows(h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nd
     n, c = h.shape
     key = _order_keys(h)
     if k == c:
-        idx = np.argsort(-key, axis=-1)
+        idx = np.argsort(key, axis=-1)[:, ::-1]
     else:
         part = np.argpartition(key, c - k, axis=-1)[:, c - k:]
-        order = np.argsort(-np.take_along_axis(key, part, axis=-1), axis=-1)
+        order = np.argsort(np.take_along_axis(key, part, axis=-1), axis=-1)[:, ::-1]
         idx = np.take_along_axis(part, order, axis=-1)
     values = np.take_along_axis(h, idx, axis=-1)
     if k == c:

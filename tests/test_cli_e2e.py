@@ -200,3 +200,13 @@ def test_missing_config_file(tmp_path):
 def test_bad_override_type(pipeline_run):
     _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "optim.epochs=two"],
            "optim.epochs: expected an integer")
+
+
+def test_top_k_store_trains_a_student(pipeline_run, tmp_path):
+    cfg = str(pipeline_run["student_cfg"])
+    where = ["--set", f"teacher.store={tmp_path / 'topk'}", "--set", "teacher.layout=top_k", "--set", "teacher.top_k=3"]
+    info = _ok(["infer-teacher", cfg, *where])
+    full = pipeline_run["infer"]["teacher_accuracy"]
+    assert info["teacher_accuracy"] == full  # hard labels are exact in the top_k layout
+    res = _ok(["train-student", cfg, *where, "--set", "optim.epochs=1", "--set", f"run.output={tmp_path / 'r'}"])
+    assert res["teacher_mode"] == "store"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
-import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,29 +24,7 @@ from pipeline.sources.cifar import (CIFAR10_MEAN, CIFAR100_STD, cifar100_coarse_
 from pipeline.sources.class_split import split_classes
 from pipeline.sources.mini_imagenet import IMAGENET_MEAN, load_mini_imagenet
 from pipeline.sources.safe_pickle import safe_load
-
-
-class Py2StylePickler(pickle._Pickler):  # type: ignore[name-defined]
-    """Protocol-2 pickler that writes str and bytes as Python 2 ``str`` (BINSTRING opcodes)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
-
-    def save_py2_str(self, obj: str | bytes) -> None:
-        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch[str] = save_py2_str
-    dispatch[bytes] = save_py2_str
-
-
-def dump_py2(obj: Any, path: Path) -> None:
-    """Write ``obj`` as a Python 2 era pickle (protocol 2, byte strings)."""
-    with open(path, "wb") as fh:
-        Py2StylePickler(fh, protocol=2).dump(obj)
+from tests.formats import dump_py2
 
 
 COARSE_OF_FINE = np.random.default_rng(7).permutation(np.repeat(np.arange(20), 5)).astype(np.int64)

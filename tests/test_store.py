@@ -102,3 +102,26 @@ def test_store_does_not_import_torch():
     import sys
     code = "import sys, store.soft_label_store, store.inspect; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+
+
+def test_top_k_layout_round_trip(tmp_path):
+    s = SoftLabelStore.create(tmp_path / "k", num_samples=10, num_views=2, num_classes=50, param_dim=5,
+                              chunk_samples=4, labels=np.zeros(10), attrs=ATTRS, layout="top_k", top_k=5)
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(10, 2, 50)).astype(np.float32) * 3
+    for c in s.chunks():
+        s.write_chunk(c, full[c.start:c.stop, c.view], np.zeros((c.stop - c.start, 5)))
+    s.finalize([0.0, 0.0])
+    r = SoftLabelStore.open(tmp_path / "k")
+    assert r.layout == "top_k" and "topk_values" in r.group and "logits" not in r.group
+    lazy, _ = r.read_view(1)
+    np.testing.assert_array_equal(lazy.argmax(1), full[:, 1].astype(np.float16).argmax(1))
+    rows = lazy[np.array([2, 7])]
+    assert rows.shape == (2, 50)
+    np.testing.assert_array_equal(rows, r.read_view(1, np.array([2, 7]))[0])
+    top = np.sort(full[7, 1].astype(np.float16).astype(np.float32))[-5:]
+    np.testing.assert_allclose(np.sort(rows[1])[-5:], top)
+    assert r.verify() == []
+    with pytest.raises(StoreError, match="top_k must be in 1..50"):
+        SoftLabelStore.create(tmp_path / "bad", num_samples=10, num_views=2, num_classes=50, param_dim=5,
+                              chunk_samples=4, labels=np.zeros(10), attrs=ATTRS, layout="top_k", top_k=0)

@@ -159,3 +159,15 @@ def test_bad_input_refused(batch: np.ndarray) -> None:
         reconstruct(rec["values"], bad, rec["tail_lse"], num_classes=C)
     with pytest.raises(ValueError):
         reconstruct(rec["values"], rec["indices"], rec["tail_lse"][:1], num_classes=C)
+
+
+@pytest.mark.parametrize("c", [1000, 70000])  # uint32 and uint64 selection keys
+def test_selection_matches_stable_sort(c: int) -> None:
+    """The selected classes are the first k of a stable descending sort of the float16 logits."""
+    z = np.round(np.random.default_rng(3).normal(0.0, 2.0, size=(4, c)), 1).astype(np.float32)  # many ties
+    z[0, :5] = -0.0
+    h = z.astype(np.float16)
+    want = np.argsort(-h.astype(np.float32) + 0.0, axis=-1, kind="stable")[:, :17]
+    rec = compress(z, 17)
+    np.testing.assert_array_equal(rec["indices"], want)
+    assert rec["indices"].dtype == (np.int16 if c <= 32767 else np.int32)

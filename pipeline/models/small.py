@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from timm.models import register_model
 from torch import Tensor, nn
 

@@ -37,6 +37,8 @@ class Source(Protocol):
 
     def fingerprint(self) -> str: ...
 
+    def subset(self, indices: np.ndarray, split: str) -> "Source": ...
+
 
 @dataclass
 class ArraySource:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import DataConfig
-from pipeline.sources.base import ArraySource, DataError
+from pipeline.sources.base import DataError, Source
 
-SOURCES = ("fashion_mnist", "cifar10", "cifar100", "mini_imagenet")
+SOURCES = ("fashion_mnist", "cifar10", "cifar100", "mini_imagenet", "image_folder")
 SUBSETS = ("all", "half_a", "half_b")
 
 
-def load_source(name: str, split: str, data_dir: str | None) -> ArraySource:
+def load_source(name: str, split: str, data_dir: str | None, image_size: int = 224,
+                skip_corrupt: bool = False) -> Source:
     """Read one split of a named dataset."""
     if name == "fashion_mnist":
         from pipeline.sources.fashion_mnist import load_fashion_mnist
@@ -28,10 +29,16 @@ def load_source(name: str, split: str, data_dir: str | None) -> ArraySource:
         if data_dir is None:
             raise DataError("mini_imagenet needs data.data_dir (the folder holding the category-split pickles)")
         return load_mini_imagenet(data_dir, split)
+    if name == "image_folder":
+        from pipeline.sources.image_folder import load_image_folder
+
+        if data_dir is None:
+            raise DataError("image_folder needs data.data_dir (the folder holding <split>/<class>/<image>)")
+        return load_image_folder(data_dir, split, image_size, skip_corrupt)
     raise DataError(f"unknown data source {name!r}; valid: {', '.join(SOURCES)}")
 
 
-def select(source: ArraySource, subset: str, seed: int, limit: int) -> ArraySource:
+def select(source: Source, subset: str, seed: int, limit: int) -> Source:
     """Apply a fixed-seed half split (``half_a``/``half_b``) and then keep the first ``limit`` samples."""
     if subset not in SUBSETS:
         raise DataError(f"unknown data.subset {subset!r}; valid: {', '.join(SUBSETS)}")
@@ -52,10 +59,13 @@ def select(source: ArraySource, subset: str, seed: int, limit: int) -> ArraySour
     return source.subset(idx, split)
 
 
-def train_and_test(cfg: DataConfig) -> tuple[ArraySource, ArraySource]:
+def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
     """The training selection and the test split of ``cfg``."""
-    train = select(load_source(cfg.source, cfg.train_split, cfg.data_dir), cfg.subset, cfg.subset_seed, cfg.limit)
-    test = select(load_source(cfg.source, cfg.test_split, cfg.data_dir), "all", 0, cfg.test_limit)
+    def load(split: str) -> Source:
+        return load_source(cfg.source, split, cfg.data_dir, cfg.image_size, cfg.skip_corrupt)
+
+    train = select(load(cfg.train_split), cfg.subset, cfg.subset_seed, cfg.limit)
+    test = select(load(cfg.test_split), "all", 0, cfg.test_limit)
     if len(train) == 0:
         raise DataError(f"{cfg.source}/{cfg.train_split} is empty")
     return train, test
