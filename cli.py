@@ -56,14 +56,19 @@ def _load(config: Path, overrides: Optional[List[str]]):  # type: ignore[no-unty
     return load_config(config, overrides or [])
 
 
+DeterministicOpt = typer.Option(False, "--deterministic", help="deterministic algorithms (same as --set run.deterministic=true)")
+
+
 @app.command("train-teacher")
 def train_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
-                  resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+                  resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+                  deterministic: bool = DeterministicOpt) -> None:
     """Supervised training with ground truth (weak teachers and strong ceilings)."""
     def go() -> None:
         from pipeline.train_student import train
 
-        result = train(_load(config, set_), role="teacher", resume=resume, console=console)
+        extra = ["run.deterministic=true"] if deterministic else []
+        result = train(_load(config, (set_ or []) + extra), role="teacher", resume=resume, console=console)
         typer.echo(json.dumps(result))
     _guard(go)
 
@@ -82,12 +87,14 @@ def infer_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt) 
 def train_student(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
                   resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
                   teacher_mode: Optional[str] = typer.Option(None, "--teacher-mode",
-                                                             help="store (cached logits) or online")) -> None:
+                                                             help="store (cached logits) or online"),
+                  deterministic: bool = DeterministicOpt) -> None:
     """Stage 2: train the student from the store (or an online teacher) with the configured objective."""
     def go() -> None:
         from pipeline.train_student import train
 
-        cfg = _load(config, (set_ or []) + ([f"teacher.mode={teacher_mode}"] if teacher_mode else []))
+        extra = ([f"teacher.mode={teacher_mode}"] if teacher_mode else []) + (["run.deterministic=true"] if deterministic else [])
+        cfg = _load(config, (set_ or []) + extra)
         typer.echo(json.dumps(train(cfg, role="student", resume=resume, console=console)))
     _guard(go)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Stage-2 (and stage-1) training throughput: cached teacher logits vs online teacher vs the student alone.
 
-All variants run in one process, on the same data, model, batch size and objective (AdaptConf,
-from ``configs/fmnist/student_adaptconf.yaml``):
+All variants run in one process, on the same data, student model object, batch size and objective
+(AdaptConf, from ``configs/fmnist/student_adaptconf.yaml``):
 
 (a) ``cached``  stage 2 from a store: ``SoftLabelStore.read_view`` per epoch, views replayed by the
     Trainer's own ``ViewReplayer`` through ``stream()`` (prefetch thread), student step.
@@ -13,17 +13,23 @@ from ``configs/fmnist/student_adaptconf.yaml``):
 Cross-check: ``Trainer._train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online.
 Stage 1: ``pipeline.infer_teacher.infer`` end to end vs the teacher's forward on preloaded tensors.
 
-Models, optimizer, scheduler, objective, replayer and store handle come from a real
-``pipeline.train_student.Trainer`` (``_prepare()``); the per-step body below mirrors
-``Trainer._train_epoch`` (same calls, including its per-step ``.item()`` bookkeeping), so the three
-variants differ only in where the batch and the teacher logits come from.
+Model, optimizer, scheduler, objective, replayers, teacher and store handle come from real
+``pipeline.train_student.Trainer`` objects (``_prepare()``, store and online mode); the per-step
+body below mirrors ``Trainer._train_epoch`` (same calls, including its per-step ``.item()``
+bookkeeping), so (a), (b) and (c) differ only in where the batch and the teacher logits come from.
 
-Run: ``.venv/bin/python bench/stage2_throughput.py [--steps 60 --repeats 3 --threads 2 ...]``.
+(a), (b) and (c) keep their batch iterators open for the whole measurement and are timed in
+alternating slices of ``--steps`` steps (``--rounds`` of them), so that a machine whose speed
+drifts, or another process that wakes up, hits every variant alike; ratios are medians of the
+per-round ratios. A slice during which other processes used more than 5% of the CPUs is redone.
+
+Run: ``.venv/bin/python bench/stage2_throughput.py [--rounds 8 --steps 20 --threads 2 ...]``.
 Prints a JSON object (stdout) and a markdown table (stdout, after the JSON).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -103,19 +109,19 @@ def prepared_trainer(cfg: Config) -> Trainer:
 
 # -- the step, as in Trainer._train_epoch ---------------------------------------------------------
 class Stepper:
-    """The body of ``Trainer._train_epoch``'s loop for one trainer (``online`` runs the teacher)."""
+    """The body of ``Trainer._train_epoch``'s loop: ``tr``'s student step, plus ``teacher`` when online."""
 
-    def __init__(self, tr: Trainer, online: bool) -> None:
-        self.tr, self.online = tr, online
+    def __init__(self, tr: Trainer, teacher: torch.nn.Module | None = None) -> None:
+        self.tr, self.teacher = tr, teacher
         self.updates = 0
         self.sums = np.zeros(9)
 
     def __call__(self, epoch: int, b: Batch) -> None:
         tr = self.tr
         zt = b.teacher_logits
-        if self.online:
+        if self.teacher is not None:
             with torch.no_grad():
-                zt = tr.teacher.model(b.inputs[1])  # type: ignore[union-attr,misc]
+                zt = self.teacher(b.inputs[1])
         zs = tr.ddp(b.inputs[0])
         out = tr.objective(zs, zt, b.labels, epoch=epoch, epochs=tr.cfg.optim.epochs)
         tr.optimizer.zero_grad(set_to_none=True)
@@ -138,9 +144,11 @@ def cached_batches(tr: Trainer) -> Iterator[tuple[int, Batch]]:
     for epoch in itertools.count():
         view = tr.policy.epoch_view(epoch, tr.cfg.views.augment)
         logits_all, params_all = tr.teacher.store.read_view(view)  # type: ignore[union-attr]
-        for b in stream(tr.train_src, tr._batches(epoch), tr.train_replayer,
-                        lambda idx, p=params_all: p[idx], lambda idx, lg=logits_all: lg[idx], tr.labels):
-            yield epoch, b
+        with contextlib.closing(stream(tr.train_src, tr._batches(epoch), tr.train_replayer,
+                                       lambda idx, p=params_all: p[idx], lambda idx, lg=logits_all: lg[idx],
+                                       tr.labels)) as batches:
+            for b in batches:
+                yield epoch, b
 
 
 def online_batches(tr: Trainer) -> Iterator[tuple[int, Batch]]:
@@ -148,9 +156,11 @@ def online_batches(tr: Trainer) -> Iterator[tuple[int, Batch]]:
     hw = tr.train_src.image_hw
     for epoch in itertools.count():
         view = tr.policy.epoch_view(epoch, tr.cfg.views.augment)
-        for b in stream(tr.train_src, tr._batches(epoch), tr.train_replayer,
-                        lambda idx, v=view: sample_params(tr.policy, idx, v, hw), None, tr.labels):
-            yield epoch, b
+        with contextlib.closing(stream(tr.train_src, tr._batches(epoch), tr.train_replayer,
+                                       lambda idx, v=view: sample_params(tr.policy, idx, v, hw), None,
+                                       tr.labels)) as batches:
+            for b in batches:
+                yield epoch, b
 
 
 def preloaded_batches(pool: list[Batch]) -> Iterator[tuple[int, Batch]]:
@@ -163,32 +173,60 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(batches: Iterator[tuple[int, Batch]], step: Callable[[int, Batch], None] | None, warmup: int,
-               steps: int, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Warm up, then time ``steps`` steps; also the time the step loop waited for its next batch."""
-    try:
-        for _ in range(warmup):
-            e, b = next(batches)
-            if step is not None:
-                step(e, b)
-        sync(device)
+class Timed:
+    """A batch iterator kept open and a step function, measured slice by slice."""
+
+    def __init__(self, batches: Iterator[tuple[int, Batch]], step: Callable[[int, Batch], None] | None,
+                 batch_size: int, device: torch.device) -> None:
+        self.batches, self.step, self.batch_size, self.device = batches, step, batch_size, device
+
+    def advance(self, n: int) -> float:
+        """Run ``n`` steps; returns the time spent waiting for batches."""
         wait = 0.0
-        busy0, own0 = _busy_cpu_s(), _own_cpu_s()
-        t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             w0 = time.perf_counter()
-            e, b = next(batches)
+            e, b = next(self.batches)
             wait += time.perf_counter() - w0
-            if step is not None:
-                step(e, b)
-        sync(device)
+            if self.step is not None:
+                self.step(e, b)
+        return wait
+
+    def measure(self, skip: int, steps: int) -> dict[str, float]:
+        """``skip`` untimed steps (refill stream()'s prefetch queue after a pause), then ``steps`` timed ones."""
+        self.advance(skip)
+        sync(self.device)
+        end = cpu_window()
+        wait = self.advance(steps)
+        sync(self.device)
+        w = end()
+        return {"images_per_s": steps * self.batch_size / w["seconds"], "seconds": w["seconds"],
+                "wait_fraction": wait / w["seconds"], "cpu_s_per_step": w["cpu_s"] / steps,
+                "foreign_cpu_fraction": w["foreign_cpu_fraction"]}
+
+    def close(self) -> None:
+        self.batches.close()  # type: ignore[attr-defined]  # stops stream()'s prefetch thread
+
+
+def clean(fn: Callable[[], dict[str, Any]], retries: int) -> tuple[dict[str, Any], int]:
+    """``fn()``, redone up to ``retries`` times while other processes were busy; (result, redos)."""
+    r, redo = fn(), 0
+    while r["foreign_cpu_fraction"] > BUSY and redo < retries:
+        redo += 1
+        time.sleep(0.5)
+        r = fn()
+    return r, redo
+
+
+def cpu_window() -> Callable[[], dict[str, float]]:
+    """Start a window; calling the result ends it: wall seconds and other processes' share of the CPUs."""
+    busy0, own0, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+
+    def end() -> dict[str, float]:
         dt = time.perf_counter() - t0
         own = _own_cpu_s() - own0
         foreign = (_busy_cpu_s() - busy0) - own
-    finally:
-        batches.close()  # type: ignore[attr-defined]  # stops stream()'s prefetch thread
-    return {"images_per_s": steps * batch_size / dt, "seconds": dt, "wait_fraction": wait / dt,
-            "cpu_s_per_step": own / steps, "foreign_cpu_fraction": max(0.0, foreign) / (dt * (os.cpu_count() or 1))}
+        return {"seconds": dt, "cpu_s": own, "foreign_cpu_fraction": max(0.0, foreign) / (dt * (os.cpu_count() or 1))}
+    return end
 
 
 def teacher_only(model: torch.nn.Module, x: torch.Tensor, min_seconds: float, device: torch.device) -> dict[str, float]:
@@ -241,62 +279,57 @@ def machine() -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-    v, s1, q = res["variants"], res["stage1"], res["ratios"]
-    lim = v["limit"]["images_per_s"]
+    v, s1, q, a = res["variants"], res["stage1"], res["ratios"], res["args"]
     t1 = s1["teacher_only"]["images_per_s"]
 
     def row(name: str, r: dict[str, Any], ratio: str, note: str = "") -> str:
         wf, cpu = r.get("wait_fraction"), r.get("cpu_s_per_step")
-        if cpu is None and "runs" in r:
-            cpu = statistics.median(x["cpu_s_per_step"] for x in r["runs"])
         return (f"| {name} | {r['images_per_s']:,.0f} | {ratio} | {'' if wf is None else f'{wf:.2f}'} | "
                 f"{'' if cpu is None else f'{1e3 * cpu:.0f}'} | {note} |")
 
-    a = res["args"]
+    te = res["trainer_epoch"]
     lines = [f"stage 2: student `{a['student']}`, teacher `{a['teacher']}`, batch {a['batch_size']}, "
-             f"{a['samples']} Fashion-MNIST images, {a['threads']} threads, device {a['device']}, "
-             f"median of {a['repeats']} interleaved runs of {a['steps']} steps",
-             "", "| variant | images/s | ratio | data-wait fraction | process CPU ms/step | note |",
+             f"{a['samples']} Fashion-MNIST images, {a['threads']} threads, device {a['device']}; "
+             f"medians of {a['rounds']} rounds of alternating {a['steps']}-step slices",
+             "", "| variant | images/s | vs limit | data-wait fraction | process CPU ms/step | note |",
              "|---|---:|---:|---:|---:|---|",
-             row("(a) cached logits (store + DALI replay + stream)", v["cached"], f"{q['cached/limit']:.3f} of limit",
-                 f"paired median {q['cached/limit_paired_median']:.3f}"),
-             row("(b) online teacher (DALI replay + teacher fwd)", v["online"], f"{q['online/limit']:.3f} of limit",
-                 f"paired median {q['online/limit_paired_median']:.3f}"),
-             row("(c) limit: student step on preloaded tensors", v["limit"], "1.000"),
-             row("(d) loader only: stream() of (a), no step", v["loader"], f"{v['loader']['images_per_s'] / lim:.1f}x limit",
-                 "diagnostic"),
-             row("Trainer._train_epoch, store", res["trainer_epoch"]["store"], f"{q['trainer_store/limit']:.3f} of limit",
-                 "1 epoch, real code"),
-             row("Trainer._train_epoch, online", res["trainer_epoch"]["online"], f"{q['trainer_online/limit']:.3f} of limit",
-                 "1 epoch, real code"),
+             row("(a) cached logits: store + DALI replay + stream()", v["cached"], f"{q['cached/limit']:.3f}",
+                 "ratio: median of per-round ratios"),
+             row("(b) online teacher: DALI replay + teacher forward", v["online"], f"{q['online/limit']:.3f}", ""),
+             row("(c) limit: student step on preloaded tensors", v["limit"], "1.000", ""),
+             row("(d) loader only: stream() of (a), no step", v["loader"],
+                 f"{v['loader']['images_per_s'] / v['limit']['images_per_s']:.1f}x", "diagnostic"),
+             row("Trainer._train_epoch, store mode", te["store"], f"{q['trainer_store/limit']:.3f}",
+                 f"one epoch ({te['store']['steps']} steps), the real loop"),
+             row("Trainer._train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
+                 f"one epoch ({te['online']['steps']} steps), the real loop"),
              "",
              f"stage 1: teacher `{a['teacher']}`, {s1['images']} views ({s1['samples']} samples x {s1['views']} views), "
              f"batch {s1['batch_size']}, median of {a['repeats']}",
-             "", "| variant | images/s | ratio | note |", "|---|---:|---:|---|",
-             f"| infer-teacher, end to end (`infer()`) | {s1['infer']['images_per_s']:,.0f} | "
-             f"{q['stage1/teacher_only']:.4f} of teacher-only | {s1['infer']['seconds']:.2f} s; one batch alone takes "
-             f"{s1['infer_one_batch_s']['seconds']:.2f} s |",
-             f"| infer-teacher, marginal (difference of the two) | {s1['infer_marginal_images_per_s']:,.0f} | "
-             f"{q['stage1_marginal/teacher_only']:.4f} of teacher-only | the chunk loop without fixed costs |",
-             f"| teacher forward on preloaded tensors | {t1:,.0f} | 1.0000 | |",
+             "", "| variant | images/s | vs teacher-only | note |", "|---|---:|---:|---|",
+             f"| infer-teacher end to end (`infer()`) | {s1['infer']['images_per_s']:,.0f} | "
+             f"{q['stage1/teacher_only']:.4f} | {s1['infer']['seconds']:.2f} s; with one batch of samples it takes "
+             f"{s1['infer_one_batch']['seconds']:.2f} s |",
+             f"| infer-teacher marginal (the difference) | {s1['infer_marginal_images_per_s']:,.0f} | "
+             f"{q['stage1_marginal/teacher_only']:.4f} | the chunk loop without the fixed costs |",
+             f"| teacher forward on a preloaded batch | {t1:,.0f} | 1.0000 | |",
              "", "machine: " + ", ".join(f"{k} {res['machine'].get(k)}" for k in
                                          ("cpu_model", "cpus_available", "cgroup_cpu_quota", "torch", "dali")),
-             f"other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU time during the run "
-             f"(at most {100 * max(x['foreign_cpu_fraction_max'] for x in v.values()):.1f}% during one timed run)"]
-    if max(x["foreign_cpu_fraction_max"] for x in v.values()) > BUSY:
-        lines.append("WARNING: other processes competed for the CPUs during timed runs (a)-(d); these numbers are not "
-                     "reliable, rerun on an idle machine.")
-    elif res["foreign_cpu_fraction"] > BUSY:
-        lines.append("note: (a)-(d) ran on idle CPUs, but other processes were active during the run; the stage-1 and "
-                     "Trainer-epoch rows (single timings) may be affected.")
+             f"other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU time during the run; "
+             f"{res['busy_redos']} busy slices were redone"]
+    worst = max([x["foreign_cpu_fraction_max"] for x in v.values()] + [s1["foreign_cpu_fraction_max"]]
+                + [x["foreign_cpu_fraction"] for x in te.values()])
+    if worst > BUSY:
+        lines.append(f"WARNING: other processes used up to {100 * worst:.0f}% of the CPUs during a timing; these numbers "
+                     "are not reliable, rerun on an idle machine.")
     return "\n".join(lines)
 
 
 # -- main ----------------------------------------------------------------------------------------
-def timed_infer(cfg: Config) -> tuple[float, dict[str, Any]]:
-    t0 = time.perf_counter()
+def timed_infer(cfg: Config) -> dict[str, Any]:
+    end = cpu_window()
     summary = infer(cfg, console=QUIET)
-    return time.perf_counter() - t0, summary
+    return {**end(), "summary": summary}
 
 
 def stage1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -306,21 +339,78 @@ def stage1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     dataset, loading the teacher, building the DALI pipeline, creating and finalizing the store),
     so the difference of the two gives the per-image (marginal) rate of the chunk loop.
     """
-    big, small, summary = [], [], {}
+    big: list[dict[str, Any]] = []
+    small: list[dict[str, Any]] = []
     n_small = min(args.infer_batch_size or args.batch_size, args.samples)
-    for r in range(args.repeats):
-        wall, summary = timed_infer(base_config(args, tmp, "store", tmp / f"store_{r}"))
-        big.append(wall)
-        small.append(timed_infer(base_config(args, tmp, "store", tmp / f"store_small_{r}", samples=n_small))[0])
+    stores = itertools.count()
+    for _ in range(args.repeats):
+        big.append(clean(lambda: timed_infer(base_config(args, tmp, "store", tmp / f"store_{next(stores)}")),
+                         args.busy_retries)[0])
+        small.append(clean(lambda: timed_infer(base_config(args, tmp, "store", tmp / f"store_{next(stores)}",
+                                                           samples=n_small)), args.busy_retries)[0])
+    summary = big[0].pop("summary")
+    for r in big + small:
+        r.pop("summary", None)
     views = len(summary["teacher_accuracy"])
     n_big = SoftLabelStore.open(tmp / "store_0").num_samples
-    wall_big, wall_small = statistics.median(big), statistics.median(small)
+    wall_big = statistics.median(r["seconds"] for r in big)
+    wall_small = statistics.median(r["seconds"] for r in small)
     return {"samples": n_big, "views": views, "images": n_big * views,
             "batch_size": args.infer_batch_size or args.batch_size,
-            "infer": {"images_per_s": n_big * views / wall_big, "seconds": wall_big, "runs_s": big},
-            "infer_one_batch_s": {"seconds": wall_small, "samples": n_small, "runs_s": small},
+            "infer": {"images_per_s": n_big * views / wall_big, "seconds": wall_big, "runs": big},
+            "infer_one_batch": {"seconds": wall_small, "samples": n_small, "runs": small},
             "infer_marginal_images_per_s": (n_big - n_small) * views / max(wall_big - wall_small, 1e-9),
-            "teacher_accuracy_per_view": summary["teacher_accuracy"]}
+            "teacher_accuracy_per_view": summary["teacher_accuracy"],
+            "foreign_cpu_fraction_max": max(r["foreign_cpu_fraction"] for r in big + small)}
+
+
+def stage2(args: argparse.Namespace, tr_store: Trainer, tr_online: Trainer) -> dict[str, Any]:
+    """(a), (b), (c) in alternating slices with their iterators kept open; then (d) on its own."""
+    device = tr_store.device
+    teacher = tr_online.teacher.model  # type: ignore[union-attr]
+    step_store, step_online = Stepper(tr_store), Stepper(tr_store, teacher)  # one student for all variants
+    # the limit's pool: real replayed batches with random float16 teacher logits, preloaded
+    pool = []
+    gen = cached_batches(tr_store)
+    for _ in range(args.pool):
+        _, b = next(gen)
+        zt = (3 * torch.randn(len(b.indices), tr_store.train_src.num_classes)).half().to(b.labels.device)
+        pool.append(Batch(b.indices, [x.clone() for x in b.inputs], b.labels.clone(), zt))
+    gen.close()
+    timers = {"cached": Timed(cached_batches(tr_store), step_store, args.batch_size, device),
+              "online": Timed(online_batches(tr_online), step_online, args.batch_size, device),
+              "limit": Timed(preloaded_batches(pool), step_store, args.batch_size, device)}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in timers}
+    redos = 0
+    skip = 2  # stream()'s default prefetch depth: after a pause its queue holds this many ready batches
+    try:
+        for t in timers.values():
+            t.advance(args.warmup)
+        for _ in range(args.rounds):
+            for name, t in timers.items():
+                r, n = clean(lambda t=t: t.measure(skip, args.steps), args.busy_retries)  # type: ignore[misc]
+                runs[name].append(r)
+                redos += n
+    finally:
+        for t in timers.values():
+            t.close()
+    # (d) the data path alone: the cached iterator without a step (its own iterator: one DALI pipeline, one thread)
+    runs["loader"] = []
+    for _ in range(args.repeats):
+        t = Timed(cached_batches(tr_store), None, args.batch_size, device)
+        try:
+            t.advance(args.warmup)
+            runs["loader"].append(clean(lambda t=t: t.measure(skip, 4 * args.steps), args.busy_retries)[0])  # type: ignore[misc]
+        finally:
+            t.close()
+    out: dict[str, Any] = {"busy_redos": redos}
+    for name, rs in runs.items():
+        out[name] = {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                     "wait_fraction": statistics.median(r["wait_fraction"] for r in rs),
+                     "cpu_s_per_step": statistics.median(r["cpu_s_per_step"] for r in rs),
+                     "foreign_cpu_fraction_max": max(r["foreign_cpu_fraction"] for r in rs),
+                     "runs": rs}
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -336,41 +426,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tr_store = prepared_trainer(base_config(args, tmp, "store", store_path))
         tr_online = prepared_trainer(base_config(args, tmp, "online", store_path))
         device = tr_store.device
-        step_store, step_online = Stepper(tr_store, online=False), Stepper(tr_online, online=True)
-        # the limit's pool: real replayed batches with random float16 teacher logits, preloaded
-        pool = []
-        gen = cached_batches(tr_store)
-        for _ in range(args.pool):
-            _, b = next(gen)
-            zt = (3 * torch.randn(len(b.indices), tr_store.train_src.num_classes)).half().to(b.labels.device)
-            pool.append(Batch(b.indices, [x.clone() for x in b.inputs], b.labels.clone(), zt))
-        gen.close()
-
-        variants: dict[str, Callable[[], dict[str, float]]] = {
-            "cached": lambda: time_steps(cached_batches(tr_store), step_store, args.warmup, args.steps, args.batch_size, device),
-            "online": lambda: time_steps(online_batches(tr_online), step_online, args.warmup, args.steps, args.batch_size, device),
-            "limit": lambda: time_steps(preloaded_batches(pool), step_store, args.warmup, args.steps, args.batch_size, device),
-            "loader": lambda: time_steps(cached_batches(tr_store), None, args.warmup, args.steps, args.batch_size, device),
-        }
-        runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
-        retried = 0
-        for _ in range(args.repeats):  # interleaved, so slow drifts of the machine hit every variant alike
-            for name, fn in variants.items():
-                r = fn()
-                for _ in range(args.busy_retries):  # another process took the CPUs: measure again
-                    if r["foreign_cpu_fraction"] <= BUSY:
-                        break
-                    retried += 1
-                    time.sleep(1.0)
-                    r = fn()
-                runs[name].append(r)
-        res["busy_retries_used"] = retried
-        res["variants"] = {}
-        for name, rs in runs.items():
-            res["variants"][name] = {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
-                                     "wait_fraction": statistics.median(r["wait_fraction"] for r in rs),
-                                     "foreign_cpu_fraction_max": max(r["foreign_cpu_fraction"] for r in rs),
-                                     "runs": rs}
+        res["variants"] = stage2(args, tr_store, tr_online)
+        res["busy_redos"] = res["variants"].pop("busy_redos")
 
         # stage 1's limit: the teacher's forward on a preloaded batch of its own (teacher-normalized) views
         gen = online_batches(tr_online)
@@ -382,22 +439,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # cross-check: the Trainer's own epoch loop and its images_per_s metric
         res["trainer_epoch"] = {}
         for name, tr in (("store", tr_store), ("online", tr_online)):
+            end = cpu_window()
             row = tr._train_epoch(1)
             res["trainer_epoch"][name] = {"images_per_s": row["images_per_s"], "seconds": row["epoch_s"],
-                                          "steps": tr.steps_per_epoch}
+                                          "steps": tr.steps_per_epoch,
+                                          "foreign_cpu_fraction": end()["foreign_cpu_fraction"]}
 
         if args.profile:
-            res["profile"] = profile_cached(tr_store, step_store, args, device)
+            res["profile"] = profile_cached(tr_store, args)
 
     v, s1 = res["variants"], res["stage1"]
     lim = v["limit"]["images_per_s"]
     paired = lambda a: statistics.median(x["images_per_s"] / y["images_per_s"]  # noqa: E731
                                          for x, y in zip(v[a]["runs"], v["limit"]["runs"]))
-    res["ratios"] = {"cached/limit": v["cached"]["images_per_s"] / lim,
-                     "online/limit": v["online"]["images_per_s"] / lim,
-                     "cached/limit_paired_median": paired("cached"),
-                     "online/limit_paired_median": paired("online"),
-                     "online/cached": v["online"]["images_per_s"] / v["cached"]["images_per_s"],
+    res["ratios"] = {"cached/limit": paired("cached"), "online/limit": paired("online"),
+                     "cached/limit_of_medians": v["cached"]["images_per_s"] / lim,
+                     "online/limit_of_medians": v["online"]["images_per_s"] / lim,
+                     "online/cached": paired("online") / paired("cached"),
                      "trainer_store/limit": res["trainer_epoch"]["store"]["images_per_s"] / lim,
                      "trainer_online/limit": res["trainer_epoch"]["online"]["images_per_s"] / lim,
                      "stage1/teacher_only": s1["infer"]["images_per_s"] / s1["teacher_only"]["images_per_s"],
@@ -405,18 +463,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def profile_cached(tr: Trainer, step: Stepper, args: argparse.Namespace, device: torch.device) -> str:
+def profile_cached(tr: Trainer, args: argparse.Namespace) -> str:
     """cProfile of the cached variant's main thread (the prefetch thread is not profiled)."""
     import cProfile
     import io
     import pstats
 
+    t = Timed(cached_batches(tr), Stepper(tr), args.batch_size, tr.device)
     prof = cProfile.Profile()
-    prof.enable()
-    time_steps(cached_batches(tr), step, args.warmup, args.steps, args.batch_size, device)
-    prof.disable()
+    try:
+        t.advance(args.warmup)
+        prof.enable()
+        t.advance(args.rounds * args.steps)
+        prof.disable()
+    finally:
+        t.close()
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     return out.getvalue()
 
 
@@ -438,9 +501,10 @@ def _own_cpu_s() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=60, help="timed steps per variant and repeat")
-    p.add_argument("--warmup", type=int, default=8, help="untimed steps before each timed run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per slice (stage 2)")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of alternating slices of (a), (b), (c); medians are reported")
+    p.add_argument("--warmup", type=int, default=8, help="untimed steps before the first slice of each variant")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of stage 1 and of (d); the median is reported")
     p.add_argument("--samples", type=int, default=4096, help="Fashion-MNIST training images used (stage 1 and 2)")
     p.add_argument("--test-limit", type=int, default=512, help="test images (only for the Trainer's set-up)")
     p.add_argument("--teacher", default="fmnist_linear", choices=["fmnist_linear", "fmnist_mlp"])
@@ -456,8 +520,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also cProfile the cached variant's main thread (stderr)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON object")
     args = p.parse_args()
-    if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
-        p.error("--repeats and --steps must be >= 1, --warmup >= 0")
+    if min(args.repeats, args.rounds, args.steps, args.pool) < 1 or min(args.warmup, args.busy_retries) < 0:
+        p.error("--repeats, --rounds, --steps and --pool must be >= 1; --warmup and --busy-retries >= 0")
     t0, busy0, own0 = time.perf_counter(), _busy_cpu_s(), _own_cpu_s()
     res = run(args)
     res["total_s"] = time.perf_counter() - t0

@@ -147,6 +147,7 @@ class RunConfig:
 
     ``amp``: none | bf16 | fp16 (fp16 uses a gradient scaler and needs CUDA); ``channels_last`` and
     ``compile`` (``torch.compile`` with ``compile_backend``) are speed switches for GPUs.
+    ``deterministic`` asks torch for deterministic algorithms (identical runs on CPU; slower on GPU).
     """
 
     output: str = "runs/default"
@@ -157,6 +158,7 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    deterministic: bool = False
 
 
 @dataclass

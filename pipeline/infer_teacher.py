@@ -6,6 +6,7 @@ written after its data, so a rerun of the same command computes only the missing
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.pretrained import load_teacher
 from pipeline.config import Config, TeacherConfig
 from pipeline.loader import ViewReplayer, crop_size_for, stream
-from pipeline.runtime import RunError, RunLock, setup
+from pipeline.runtime import RunError, barrier, main_lock, setup
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record, teacher_spec, view_policy
 from pipeline.views import PARAM_DIM, sample_params
@@ -32,7 +33,7 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         raise RunError("teacher.checkpoint is not set (a `w2s train-teacher` run directory or model.safetensors)")
     if not tc.store:
         raise RunError("teacher.store is not set (where to write the store)")
-    device, _ = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
+    device, info = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
     source, _ = train_and_test(cfg.data)
     teacher, meta, sha = load_teacher(tc.checkpoint, tc.model, source.num_classes, source.channels)
     teacher = teacher.to(device)
@@ -47,13 +48,18 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                          "input_size": spec.size[0]},
              "dataset": dataset_record(source), "view_policy": policy.describe(),
              "output_size": list(spec.size)}
-    path = Path(tc.store)
-    with RunLock(path.parent / f".{path.name}"):
-        store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs)
+    path = tc.store
+    with main_lock(_lock_dir(path)):
+        if info.is_main:
+            store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs)
+        barrier(info)
+        if not info.is_main:
+            store = SoftLabelStore.open(path, mode="r+")
         if store.is_complete:
             console.print(f"store {path} is complete; nothing to do")
             return {"store": str(path), "computed_chunks": 0, "teacher_accuracy": store.attrs["teacher_accuracy"]}
-        todo = store.missing_chunks()
+        missing = store.missing_chunks()
+        todo = missing[info.rank::info.world]  # disjoint chunks per rank
         replayer = ViewReplayer(source.image_hw, [spec], min(tc.batch_size, store.chunk_samples),
                                 crop_size_for(policy, source), cfg.run.device, cfg.run.num_threads,
                                 decode=source.encoded)
@@ -71,11 +77,22 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                         logits[b.indices - chunk.start] = teacher(b.inputs[0]).float().cpu().numpy()
                     store.write_chunk(chunk, logits, params)
                     bar.advance(task)
+        barrier(info)
         accuracy = view_accuracy(store)
-        store.finalize(accuracy)
-    console.print(f"wrote {len(todo)} chunks to {path}; teacher accuracy per view: "
+        if info.is_main:
+            store.finalize(accuracy)
+        barrier(info)
+    console.print(f"wrote {len(missing)} chunks to {path} ({len(todo)} by this process); teacher accuracy per view: "
                   + ", ".join(f"{a:.4f}" for a in accuracy))
-    return {"store": str(path), "computed_chunks": len(todo), "teacher_accuracy": accuracy}
+    return {"store": str(path), "computed_chunks": len(missing), "teacher_accuracy": accuracy}
+
+
+def _lock_dir(store: str) -> Path:
+    """Where the stage-1 lock lives: beside a local store (``.<name>/.lock``); URLs are not locked."""
+    if "://" in store and not store.startswith("file://"):
+        return Path(tempfile.gettempdir(), "w2s-locks", store.replace("/", "_"))
+    p = Path(store.removeprefix("file://"))
+    return p.parent / f".{p.name}"
 
 
 def view_accuracy(store: SoftLabelStore) -> list[float]:
@@ -84,10 +101,10 @@ def view_accuracy(store: SoftLabelStore) -> list[float]:
     return [float((store.read_view(v)[0].argmax(1) == labels).mean()) for v in range(store.num_views)]
 
 
-def _open_or_create(path: Path, labels: np.ndarray, views: int, classes: int, tc: TeacherConfig,
+def _open_or_create(path: str, labels: np.ndarray, views: int, classes: int, tc: TeacherConfig,
                     attrs: dict[str, Any]) -> SoftLabelStore:
     """Resume a matching store (complete or partial); refuse one made from other inputs."""
-    if path.exists():
+    if SoftLabelStore.exists(path):
         store = SoftLabelStore.open(path, mode="r+")
         expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}
         store.check_attrs({**expected, "layout": tc.layout})

@@ -1,6 +1,7 @@
 """Process setup shared by the commands: device, threads, seeding, torchrun ranks and run-directory locks."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass
@@ -28,8 +29,12 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str, num_threads: int, seed: int) -> tuple[torch.device, Dist]:
+def setup(device: str, num_threads: int, seed: int, deterministic: bool = False) -> tuple[torch.device, Dist]:
     """Pick the device, join the torchrun group when launched by torchrun, and seed torch."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,6 +53,22 @@ def setup(device: str, num_threads: int, seed: int) -> tuple[torch.device, Dist]
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(seed)
     return dev, Dist(rank, world, local)
+
+
+def barrier(info: Dist) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if info.world > 1:
+        dist.barrier()
+
+
+def env_rank() -> int:
+    """This process's torchrun rank before the process group exists (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def main_lock(directory: Path) -> "RunLock | contextlib.nullcontext[None]":
+    """The run-directory lock, taken by rank 0 only (the other ranks never write there)."""
+    return RunLock(directory) if env_rank() == 0 else contextlib.nullcontext()
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: Dist) -> list[float]:

@@ -35,7 +35,7 @@ from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teache
 from pipeline.models import create
 from pipeline.objectives import Objective, build_objective
 from pipeline.pretrained import load_teacher
-from pipeline.runtime import RunError, RunLock, all_reduce_sum, setup
+from pipeline.runtime import RunError, all_reduce_sum, main_lock, setup
 from pipeline.sources.base import Source
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec, view_policy
@@ -101,13 +101,13 @@ class Trainer:
         self.out = Path(cfg.run.output)
 
     def run(self) -> dict[str, Any]:
-        with RunLock(self.out):
+        with main_lock(self.out):
             return self._run()
 
     # -- setup -------------------------------------------------------------------------------
     def _prepare(self) -> None:
         cfg = self.cfg
-        self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
+        self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
         self.train_src, self.test_src = train_and_test(cfg.data)
         self.objective = self._objective()
         self.policy = view_policy(cfg)
@@ -245,7 +245,7 @@ class Trainer:
         t = self.teacher
         if t is not None and t.mode == "store":
             assert t.store is not None
-            logits_all, params_all = t.store.read_view(view)
+            logits_all, params_all = t.store.read_view(view, verify=True)
             return (lambda idx: params_all[idx]), (lambda idx: logits_all[idx])
         src = self.train_src
         return (lambda idx: sample_params(self.policy, idx, view, src.sizes_of(idx))), None

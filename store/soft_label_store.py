@@ -76,6 +76,11 @@ class TopKLogits:
         return self.indices[:, 0].astype(np.int64)
 
 
+def _storage_options(path: str) -> dict[str, Any] | None:
+    """fsspec options: local ``file://`` URLs create parent folders like plain paths do."""
+    return {"auto_mkdir": True} if path.startswith("file://") else None
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -104,11 +109,11 @@ class SoftLabelStore:
         if layout == "top_k" and not 0 < top_k <= num_classes:
             raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
         try:
-            group = zarr.open_group(path, mode="w-", zarr_format=3)
+            group = zarr.open_group(path, mode="w-", zarr_format=3, storage_options=_storage_options(path))
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
         chunk_samples = max(1, min(chunk_samples, num_samples))
-        zstd = ZstdCodec(level=3)
+        zstd = ZstdCodec(level=3, checksum=True)
         if layout == "full":
             group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
                                chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
@@ -131,16 +136,25 @@ class SoftLabelStore:
                             "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
                             "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": "float16",
                             "layout": layout, "top_k": top_k if layout == "top_k" else None})
-        pq.write_table(pa.table({"index": np.arange(num_samples, dtype=np.int64),
-                                 "label": np.asarray(labels, dtype=np.int64)}), f"{path}/manifest.parquet")
+        _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
+                        "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
         return cls(path, group)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Whether anything (a store or not) is at ``path``; local paths and fsspec URLs."""
+        try:
+            zarr.open_group(str(path), mode="r", storage_options=_storage_options(str(path)))
+            return True
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return False
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "SoftLabelStore":
         """Open an existing store; a missing or foreign directory is a :class:`StoreError`."""
         path = str(path)
         try:
-            group = zarr.open_group(path, mode=mode)
+            group = zarr.open_group(path, mode=mode, storage_options=_storage_options(path))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreError(f"no store at {path}; run `w2s infer-teacher` first") from exc
         if group.attrs.get("schema_version") != SCHEMA_VERSION:
@@ -220,16 +234,18 @@ class SoftLabelStore:
         missing = self.missing_chunks()
         if missing:
             raise StoreError(f"{self.path}: {len(missing)} chunks still missing; cannot finalize")
-        pq.write_table(pa.table({"view": np.arange(len(view_accuracy), dtype=np.int64),
-                                 "accuracy": np.asarray(view_accuracy, dtype=np.float64)}),
-                       f"{self.path}/teacher_accuracy.parquet")
+        _write_parquet({"view": np.arange(len(view_accuracy), dtype=np.int64),
+                        "accuracy": np.asarray(view_accuracy, dtype=np.float64)}, f"{self.path}/teacher_accuracy.parquet")
         self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
 
-    def read_view(self, view: int, indices: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+    def read_view(self, view: int, indices: np.ndarray | None = None,
+                  verify: bool = False) -> tuple[Any, np.ndarray]:
         """Logits ``[n, C]`` and params ``[n, P]`` float32 of one view (all samples, or ``indices``).
 
         Full stores give float16 arrays; top_k stores give float32 reconstructions, lazily
-        (a :class:`TopKLogits`) when all samples are asked for.
+        (a :class:`TopKLogits`) when all samples are asked for. ``verify`` (whole views only)
+        checks every chunk read against its recorded checksum and for non-finite values, so a
+        store damaged after it was written is refused, naming the chunk.
         """
         if not 0 <= view < self.num_views:
             raise StoreError(f"view {view} out of range: the store has {self.num_views} views")
@@ -242,10 +258,28 @@ class SoftLabelStore:
             return arr[key] if indices is None else arr.get_orthogonal_selection(key)
 
         params = get("view_params")
+        names = ["logits"] if self.layout == "full" else ["topk_values", "topk_indices", "tail_logsumexp"]
+        try:
+            arrays = [get(n) for n in names]
+        except Exception as exc:  # a chunk that no longer decodes
+            raise StoreError(f"store {self.path}: view {view} cannot be read ({type(exc).__name__}: {exc}); "
+                             "run `w2s inspect --verify` to find the damaged chunk") from exc
+        if verify and indices is None:
+            self._verify_view(view, arrays)
         if self.layout == "full":
-            return get("logits"), params
-        lazy = TopKLogits(get("topk_values"), get("topk_indices"), get("tail_logsumexp"), self.num_classes)
+            return arrays[0], params
+        lazy = TopKLogits(arrays[0], arrays[1], arrays[2], self.num_classes)
         return (lazy if indices is None else lazy[:]), params
+
+    def _verify_view(self, view: int, arrays: list[np.ndarray]) -> None:
+        crc = self.group["chunk_crc"][:, view]
+        for c in self.chunks():
+            if c.view != view:
+                continue
+            rows = [a[c.start:c.stop] for a in arrays]
+            if _crc(*rows) != crc[c.block] or not all(np.isfinite(r).all() for r in rows if r.dtype.kind == "f"):
+                raise StoreError(f"store {self.path}: chunk (block {c.block}, view {view}) samples "
+                                 f"{c.start}..{c.stop - 1} is corrupt (checksum mismatch or non-finite logits)")
 
     def labels(self) -> np.ndarray:
         return self.group["labels"][:]
@@ -284,6 +318,14 @@ class SoftLabelStore:
             if _crc(*data) != crc[c.block, c.view]:
                 problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: checksum mismatch")
         return problems
+
+
+def _write_parquet(columns: dict[str, np.ndarray], url: str) -> None:
+    """Write a small table beside the arrays (a local path or an fsspec URL)."""
+    import fsspec
+
+    with fsspec.open(url, "wb", **(_storage_options(url) or {})) as f:
+        pq.write_table(pa.table(columns), f)
 
 
 def _normalize(value: Any) -> Any:

@@ -172,7 +172,7 @@ def test_imagenet_recipe_on_image_folder(image_folder, tmp_path):
               "--set", f"model.pretrained={mae}", "--set", "teacher.model=cifar_resnet8",
               "--set", f"teacher.checkpoint={teacher}", "--set", f"teacher.store={tmp_path / 'store'}",
               "--set", "teacher.chunk_samples=16", "--set", "views.num_views=2", "--set", "run.device=cpu",
-              "--set", "run.amp=none", "--set", "optim.epochs=2", "--set", "optim.batch_per_process=12",
+              "--set", "run.amp=none", "--set", "optim.epochs=1", "--set", "optim.batch_per_process=12",
               "--set", "optim.eval_batch_size=12", "--set", f"run.output={tmp_path / 'run'}"]
     stage1 = _ok(["infer-teacher", cfg, *common])
     assert stage1["computed_chunks"] == 3 * 3

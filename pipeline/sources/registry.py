@@ -54,8 +54,6 @@ def select(source: Source, subset: str, seed: int, limit: int) -> Source:
         split = f"{split}:first{limit}"
     if len(idx) == len(source):
         return source
-    if len(idx) == 0:
-        raise DataError(f"{source.name}/{split}: the selection is empty")
     return source.subset(idx, split)
 
 
@@ -66,6 +64,10 @@ def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
 
     train = select(load(cfg.train_split), cfg.subset, cfg.subset_seed, cfg.limit)
     test = select(load(cfg.test_split), "all", 0, cfg.test_limit)
-    if len(train) == 0:
-        raise DataError(f"{cfg.source}/{cfg.train_split} is empty")
+    for src in (train, test):
+        if len(src) == 0:
+            raise DataError(f"{src.name}/{src.split} is empty")
+        lo, hi = int(src.labels.min()), int(src.labels.max())
+        if lo < 0 or hi >= src.num_classes:
+            raise DataError(f"{src.name}/{src.split}: labels {lo}..{hi} fall outside the {src.num_classes} classes")
     return train, test
