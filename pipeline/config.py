@@ -21,7 +21,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which dataset and which part of it. ``subset`` picks the demo's halves of the train split."""
+    """Which dataset and which part of it.
+
+    ``subset`` picks the demo's halves of the train split; ``classes`` keeps only these classes,
+    relabelled 0..n-1 in the given order (few-shot base / novel splits); ``noise_*`` injects label
+    noise into the training labels (``pipeline.label_noise``: none, symmetric, asym_cifar10,
+    asym_cifar100, asym_next), deterministic from ``noise_seed``.
+    """
 
     source: str = "fashion_mnist"
     data_dir: str | None = None
@@ -33,6 +39,10 @@ class DataConfig:
     test_limit: int = 0
     image_size: int = 224
     skip_corrupt: bool = False
+    classes: list[int] | None = None
+    noise_mode: str = "none"
+    noise_rate: float = 0.0
+    noise_seed: int = 0
 
 
 @dataclass

@@ -26,8 +26,11 @@ def mix_config(cfg: Config) -> MixConfig:
 
 def dataset_record(source: Source) -> dict[str, Any]:
     """What a store records about the data it was computed on (compared by train-student)."""
-    return {"source": source.name, "split": source.split, "num_samples": len(source),
-            "fingerprint": source.fingerprint()}
+    record: dict[str, Any] = {"source": source.name, "split": source.split, "num_samples": len(source),
+                              "fingerprint": source.fingerprint()}
+    if getattr(source, "noise_rate", None) is not None:
+        record["realized_noise_rate"] = source.noise_rate
+    return record
 
 
 def input_spec(source: Source, mean: Any, std: Any, size: Any) -> InputSpec:

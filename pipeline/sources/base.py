@@ -57,6 +57,7 @@ class ArraySource:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] | None = None
+    noise_rate: float | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -57,13 +57,41 @@ def select(source: Source, subset: str, seed: int, limit: int) -> Source:
     return source.subset(idx, split)
 
 
+def _short(classes: list[int]) -> str:
+    return "-".join(str(c) for c in classes)
+
+
+def with_noise(source: Source, cfg: DataConfig) -> Source:
+    """The same images with noisy training labels; the realized rate is kept on the source."""
+    from pipeline.label_noise import inject_noise
+
+    coarse = None
+    if cfg.noise_mode == "asym_cifar100":
+        from pipeline.sources.cifar import cifar100_coarse_of_fine
+
+        coarse = cifar100_coarse_of_fine(cfg.data_dir)
+    result = inject_noise(source.labels, source.num_classes, cfg.noise_mode, cfg.noise_rate, cfg.noise_seed,
+                          coarse_labels=coarse)
+    noisy = source.with_labels(result.labels, f"{source.split}:noise-{cfg.noise_mode}-{cfg.noise_rate}-{cfg.noise_seed}")
+    noisy.noise_rate = result.realized_rate
+    return noisy
+
+
 def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
     """The training selection and the test split of ``cfg``."""
     def load(split: str) -> Source:
         return load_source(cfg.source, split, cfg.data_dir, cfg.image_size, cfg.skip_corrupt)
 
-    train = select(load(cfg.train_split), cfg.subset, cfg.subset_seed, cfg.limit)
-    test = select(load(cfg.test_split), "all", 0, cfg.test_limit)
+    train, test = load(cfg.train_split), load(cfg.test_split)
+    if cfg.classes is not None:
+        from pipeline.sources.class_split import split_classes
+
+        train = split_classes(train, cfg.classes, f"{train.split}:classes{_short(cfg.classes)}")
+        test = split_classes(test, cfg.classes, f"{test.split}:classes{_short(cfg.classes)}")
+    train = select(train, cfg.subset, cfg.subset_seed, cfg.limit)
+    test = select(test, "all", 0, cfg.test_limit)
+    if cfg.noise_mode != "none":
+        train = with_noise(train, cfg)
     for src in (train, test):
         if len(src) == 0:
             raise DataError(f"{src.name}/{src.split} is empty")
