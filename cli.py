@@ -99,6 +99,39 @@ def train_student(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
     _guard(go)
 
 
+@app.command("sweep")
+def sweep_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+              grid: List[str] = typer.Option(..., "--grid", help="key=v1,v2,... (repeatable; the product is swept)"),
+              seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
+              parallel: int = typer.Option(1, "--parallel", help="runs at a time (separate processes when > 1)"),
+              output: Optional[Path] = typer.Option(None, "--output", help="sweep directory (default runs/sweep-<config>)")) -> None:
+    """Many student runs on one store: every grid combination x seed, each in its own run directory."""
+    def go() -> None:
+        from pipeline.sweep import sweep
+
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        out = output or Path("runs") / f"sweep-{config.stem}"
+        sweep(config, grid, seed_list, set_ or [], out, parallel, console=console)
+        typer.echo(f"sweep finished: w2s report {out}")
+    _guard(go)
+
+
+@app.command("report")
+def report_cmd(run_dirs: List[Path] = typer.Argument(..., help="run or sweep directories"),
+               weak: Optional[List[Path]] = typer.Option(None, "--weak", help="weak teacher run(s) (default: the accuracy each student recorded)"),
+               ceiling: Optional[List[Path]] = typer.Option(None, "--ceiling", help="strong ceiling run(s), for PGR"),
+               output: Optional[Path] = typer.Option(None, "--output", help="where tables and figures go (default <first dir>/report)")) -> None:
+    """Table (markdown, CSV, Parquet) with mean +- std over seeds, PGR and agreement; PNG figures."""
+    def go() -> None:
+        from pipeline.report import report
+
+        out = output or run_dirs[0] / "report"
+        table, _ = report(run_dirs, out, weak or [], ceiling or [])
+        typer.echo(table)
+        console.print(f"tables and figures in {out}")
+    _guard(go)
+
+
 @app.command("inspect")
 def inspect(store: Path = typer.Argument(..., help="store directory"),
             verify: bool = typer.Option(False, "--verify", help="check every chunk's checksum")) -> None:
@@ -126,6 +159,34 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
         from pipeline.demo import run_demo
 
         run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, console=console)
+    _guard(go)
+
+
+# -- few-shot scenario (pipeline/few_shot.py, configs/few_shot/) -----------------------------------
+
+few_shot_app = typer.Typer(no_args_is_help=True,
+                           help="Few-shot scenario: episodic evaluation and Meta-Baseline training with a weak teacher.")
+app.add_typer(few_shot_app, name="few-shot")
+
+
+@few_shot_app.command("eval")
+def few_shot_eval(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt) -> None:
+    """Cosine nearest-centroid accuracy +- 95% CI over seeded N-way K-shot episodes of the test split."""
+    def go() -> None:
+        from pipeline.few_shot import evaluate, load_few_shot_config
+
+        typer.echo(json.dumps(evaluate(load_few_shot_config(config, set_ or []), console=console)))
+    _guard(go)
+
+
+@few_shot_app.command("meta")
+def few_shot_meta(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+                  resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+    """Meta-Baseline episodic fine-tuning of an encoder, learning from a weak teacher with KD or AdaptConf."""
+    def go() -> None:
+        from pipeline.few_shot import load_few_shot_config, meta_train
+
+        typer.echo(json.dumps(meta_train(load_few_shot_config(config, set_ or []), resume=resume, console=console)))
     _guard(go)
 
 

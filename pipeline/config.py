@@ -26,7 +26,9 @@ class DataConfig:
     ``subset`` picks the demo's halves of the train split; ``classes`` keeps only these classes,
     relabelled 0..n-1 in the given order (few-shot base / novel splits); ``noise_*`` injects label
     noise into the training labels (``pipeline.label_noise``: none, symmetric, asym_cifar10,
-    asym_cifar100, asym_next), deterministic from ``noise_seed``.
+    asym_cifar100, asym_next), deterministic from ``noise_seed``. ``val_fraction`` holds out that part
+    of the (noisy) training selection as a validation split: the best epoch is chosen on it, never
+    on the test set.
     """
 
     source: str = "fashion_mnist"
@@ -43,6 +45,8 @@ class DataConfig:
     noise_mode: str = "none"
     noise_rate: float = 0.0
     noise_seed: int = 0
+    val_fraction: float = 0.0
+    val_seed: int = 0
 
 
 @dataclass

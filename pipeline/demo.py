@@ -13,7 +13,7 @@ from rich.console import Console
 
 from pipeline.config import Config, load_config
 from pipeline.infer_teacher import infer
-from pipeline.report import load_run, markdown_table, plot_weak_to_strong, weak_to_strong_rows
+from pipeline.report import report
 from pipeline.train_student import train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
@@ -26,7 +26,7 @@ def _config(name: str, overrides: list[str]) -> Config:
 
 def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = None,
              console: Console | None = None) -> str:
-    """Run every step under ``output`` and return the markdown table (also written to ``table.md``)."""
+    """Run every step under ``output`` and return the markdown table (also in ``report/report.md``)."""
     console = console or Console(stderr=True)
     out = Path(output) / ("quick" if quick else "full")
     common = [f"data.data_dir={data_dir}"] if data_dir else []
@@ -47,25 +47,19 @@ def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = Non
     console.rule("infer-teacher on half B")
     teacher_args = [f"teacher.checkpoint={teacher_dir}", f"teacher.store={store_dir}"]
     infer(_config("infer_teacher", common + teacher_args), console=console)
-    strong_epochs = ["optim.epochs=3"] if quick else []
     ceiling_dir = out / "strong_ceiling"
     step("strong ceiling on half B (ground truth)", ceiling_dir, lambda: train(
-        _config("ceiling_cnn", common + strong_epochs + [f"run.output={ceiling_dir}"]), role="teacher",
+        _config("ceiling_cnn", common + [f"run.output={ceiling_dir}"]), role="teacher",
         resume=True, console=console))
     student_dirs = []
     for ob in STUDENTS:
         d = out / f"student_{ob}"
         student_dirs.append(d)
         step(f"{ob} student on half B (weak labels only)", d, lambda ob=ob, d=d: train(
-            _config(f"student_{ob}", common + strong_epochs + teacher_args + [f"run.output={d}"]),
+            _config(f"student_{ob}", common + teacher_args + [f"run.output={d}"]),
             role="student", resume=True, console=console))
-    weak, ceiling = load_run(teacher_dir, "weak teacher"), load_run(ceiling_dir, "strong ceiling")
-    students = [load_run(d, ob) for d, ob in zip(student_dirs, STUDENTS)]
-    rows = weak_to_strong_rows(weak, ceiling, students)
-    table = markdown_table(rows)
-    (out / "table.md").write_text(table + "\n")
-    plot_weak_to_strong(rows, [weak, ceiling, *students], out / "weak_to_strong.png")
-    console.print(f"demo finished in {time.perf_counter() - start:.0f} s; table {out / 'table.md'}, "
-                  f"figure {out / 'weak_to_strong.png'}")
+    table, _ = report(student_dirs, out / "report", weak_paths=[teacher_dir], ceiling_paths=[ceiling_dir])
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s; table {out / 'report' / 'report.md'}, "
+                  f"figures {out / 'report'}/*.png")
     print(table)
     return table

@@ -1,13 +1,24 @@
-"""Result tables and figures: accuracy, performance gap recovered (PGR) and training curves."""
+"""Results tables and figures: accuracy (mean +- std over seeds), PGR, agreement, curves, beta.
+
+Runs are grouped by configuration: two runs belong together when their resolved configs differ
+only in ``run.seed`` and ``run.output``. The headline is the last-epoch test accuracy; the
+best-epoch accuracy is the test accuracy at the epoch with the best *validation* accuracy
+(``data.val_fraction``), never selected on the test set. PGR = (student - weak) / (ceiling - weak)
+with the weak teacher's test accuracy (recorded by each student run, or ``--weak`` runs) and the
+ceiling's (``--ceiling`` runs: the strong model trained on ground truth).
+"""
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+IGNORED_KEYS = ("run.output", "run.seed")
 
 
 @dataclass
@@ -39,66 +50,209 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
                      if metrics.exists() else [])
 
 
+def find_runs(paths: list[str | Path]) -> list[RunResult]:
+    """Finished runs in the given run or sweep directories (searched up to three levels down)."""
+    found: list[RunResult] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        dirs = [p] if (p / "result.json").exists() else sorted(
+            {r.parent for depth in ("*/", "*/*/", "*/*/*/") for r in p.glob(depth + "result.json")})
+        found += [load_run(d) for d in dirs]
+    if not found:
+        raise FileNotFoundError(f"no finished runs (result.json) under {', '.join(map(str, paths))}")
+    return found
+
+
 def pgr(student: float, weak: float, ceiling: float) -> float:
     """Performance gap recovered: ``(student - weak) / (ceiling - weak)``; NaN when there is no gap."""
     gap = ceiling - weak
     return (student - weak) / gap if gap > 0 else math.nan
 
 
-def weak_to_strong_rows(weak: RunResult, ceiling: RunResult, students: list[RunResult]) -> list[dict[str, Any]]:
-    """One row per model: test accuracy, PGR (students only) and agreement with the teacher."""
-    rows = [{"model": weak.name, "role": "weak teacher", "test_acc": weak.test_acc, "pgr": None, "agreement": None},
-            {"model": ceiling.name, "role": "strong ceiling (ground truth)", "test_acc": ceiling.test_acc,
-             "pgr": 1.0, "agreement": None}]
-    for s in students:
-        rows.append({"model": s.name, "role": f"student ({s.result.get('objective')})", "test_acc": s.test_acc,
-                     "pgr": pgr(s.test_acc, weak.test_acc, ceiling.test_acc),
-                     "agreement": s.result.get("test_agreement")})
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+    return out
+
+
+@dataclass
+class Group:
+    """Runs of one configuration (differing only in seed) and their summary."""
+
+    label: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    def stat(self, values: list[float | None]) -> tuple[float, float]:
+        v = np.array([x for x in values if x is not None], dtype=np.float64)
+        if len(v) == 0:
+            return math.nan, math.nan
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def group_runs(runs: list[RunResult]) -> list[Group]:
+    """Group by configuration; a group's label lists the settings that vary between groups."""
+    flats = [{k: v for k, v in _flat(r.config).items() if k not in IGNORED_KEYS} for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    groups: dict[str, Group] = {}
+    for run, f in zip(runs, flats):
+        label = ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying) or run.name
+        groups.setdefault(label, Group(label)).runs.append(run)
+    return list(groups.values())
+
+
+def summarize(groups: list[Group], weak: float | None = None, ceiling: float | None = None) -> list[dict[str, Any]]:
+    """One row per group: accuracy statistics over seeds, PGR and agreement."""
+    rows = []
+    for g in groups:
+        last = [r.test_acc for r in g.runs]
+        best = [r.result.get("test_acc_at_best") for r in g.runs]
+        teacher = [r.result.get("teacher_test_acc") for r in g.runs]
+        w = weak if weak is not None else g.stat(teacher)[0]
+        row: dict[str, Any] = {"configuration": g.label, "seeds": len(g.runs)}
+        row["test_acc_mean"], row["test_acc_std"] = g.stat(last)
+        row["best_epoch_acc_mean"], row["best_epoch_acc_std"] = g.stat(best)
+        row["weak_acc"] = w
+        row["ceiling_acc"] = ceiling if ceiling is not None else math.nan
+        per_seed = [pgr(a, w, ceiling) for a in last] if ceiling is not None and not math.isnan(w) else []
+        row["pgr_mean"], row["pgr_std"] = g.stat(per_seed)
+        row["agreement_mean"], _ = g.stat([r.result.get("test_agreement") for r in g.runs])
+        rows.append(row)
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The weak-to-strong table as markdown (accuracy in percent)."""
-    lines = ["| run | role | test acc (%) | PGR | agreement with teacher (%) |", "|---|---|---:|---:|---:|"]
+def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The report table in markdown (accuracies in percent)."""
+    lines = ["| configuration | seeds | test acc, last epoch (%) | test acc, best val epoch (%) | weak (%) | "
+             "ceiling (%) | PGR | agreement (%) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        pg = "" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
-        ag = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f}"
-        lines.append(f"| {r['model']} | {r['role']} | {100 * r['test_acc']:.2f} | {pg} | {ag} |")
+        weak = "" if math.isnan(r["weak_acc"]) else f"{100 * r['weak_acc']:.2f}"
+        ceil = "" if math.isnan(r["ceiling_acc"]) else f"{100 * r['ceiling_acc']:.2f}"
+        agree = "" if math.isnan(r["agreement_mean"]) else f"{100 * r['agreement_mean']:.2f}"
+        lines.append(f"| {r['configuration']} | {r['seeds']} | {_pm(r['test_acc_mean'], r['test_acc_std'])} | "
+                     f"{_pm(r['best_epoch_acc_mean'], r['best_epoch_acc_std'])} | {weak} | {ceil} | "
+                     f"{_pm(r['pgr_mean'], r['pgr_std'], 1.0, 3)} | {agree} |")
     return "\n".join(lines)
 
 
-def plot_weak_to_strong(rows: list[dict[str, Any]], runs: list[RunResult], path: str | Path) -> None:
-    """Two panels: final test accuracy per run (bars) and test accuracy per epoch (curves)."""
+def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+    """``report.csv``, ``report.parquet`` and ``report.md``."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    pacsv.write_csv(table, out / "report.csv")
+    pq.write_table(table, out / "report.parquet")
+    (out / "report.md").write_text(markdown(rows) + "\n")
+
+
+def _plt():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(groups: list[Group], path: Path, extra: list[RunResult] = ()) -> None:
+    """Test accuracy per epoch of every run (one colour per configuration)."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    names = [r["model"] for r in rows]
-    accs = [100 * r["test_acc"] for r in rows]
-    colors = ["tab:gray", "tab:green"] + ["tab:blue"] * (len(rows) - 2)
-    bars = ax1.bar(names, accs, color=colors)
-    for bar, r in zip(bars, rows):
-        label = f"{100 * r['test_acc']:.1f}"
-        if r["pgr"] is not None and r["role"].startswith("student"):
-            label += f"\nPGR {r['pgr']:.2f}"
-        ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    lo = min(accs) - 5
-    ax1.set_ylim(max(0, lo), min(100, max(accs) + 4))
-    ax1.set_ylabel("test accuracy (%)")
-    ax1.set_title("weak-to-strong on the test split")
-    ax1.tick_params(axis="x", rotation=20)
-    for run in runs:
-        if run.history:
-            ax2.plot([h["epoch"] + 1 for h in run.history], [100 * h["test_acc"] for h in run.history],
-                     marker="o", label=run.name)
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test accuracy (%)")
-    ax2.set_title("test accuracy per epoch")
-    ax2.legend(fontsize=8)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, g in enumerate([*[Group(r.name, [r]) for r in extra], *groups]):
+        for j, r in enumerate(g.runs):
+            if r.history:
+                ax.plot([h["epoch"] + 1 for h in r.history], [100 * h["test_acc"] for h in r.history], marker="o",
+                        ms=3, color=colors[i % len(colors)], label=g.label if j == 0 else None, alpha=0.85)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path, weak: float | None, ceiling: float | None) -> None:
+    """Test accuracy per configuration (error bars: std over seeds) with weak and ceiling lines; PGR labels."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 4.5))
+    means = [100 * r["test_acc_mean"] for r in rows]
+    bars = ax.bar(range(len(rows)), means, yerr=[100 * r["test_acc_std"] for r in rows], capsize=4, color="tab:blue")
+    for bar, r in zip(bars, rows):
+        label = f"{100 * r['test_acc_mean']:.1f}"
+        if not math.isnan(r["pgr_mean"]):
+            label += f"\nPGR {r['pgr_mean']:.2f}±{r['pgr_std']:.2f}"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    lows = means
+    if weak is not None and not math.isnan(weak):
+        ax.axhline(100 * weak, color="tab:gray", ls="--", label=f"weak teacher {100 * weak:.1f}")
+        lows = lows + [100 * weak]
+    if ceiling is not None and not math.isnan(ceiling):
+        ax.axhline(100 * ceiling, color="tab:green", ls="--", label=f"strong ceiling {100 * ceiling:.1f}")
+        lows = lows + [100 * ceiling]
+    ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(lows) + 4))
+    ax.set_xticks(range(len(rows)), [r["configuration"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_beta(groups: list[Group], path: Path) -> bool:
+    """AdaptConf's beta distribution per epoch (share of samples per bin, averaged over seeds)."""
+    with_hist = [g for g in groups if any("weight_hist" in h for r in g.runs for h in r.history)]
+    if not with_hist:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(with_hist), figsize=(4.5 * len(with_hist), 3.8), squeeze=False)
+    for ax, g in zip(axes[0], with_hist):
+        hists = [np.array([h["weight_hist"] for h in r.history]) for r in g.runs if r.history]
+        epochs = min(len(h) for h in hists)
+        mean = np.mean([h[:epochs] for h in hists], axis=0)
+        im = ax.imshow(mean.T, origin="lower", aspect="auto", extent=(0.5, epochs + 0.5, 0.0, 0.5), cmap="viridis")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("beta")
+        ax.set_title(g.label, fontsize=8)
+        fig.colorbar(im, ax=ax, label="share of samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def report(paths: list[str | Path], out: str | Path, weak_paths: list[str | Path] = (),
+           ceiling_paths: list[str | Path] = ()) -> tuple[str, list[dict[str, Any]]]:
+    """Build the table and figures for the runs under ``paths``; returns (markdown, rows)."""
+    runs = find_runs(list(paths))
+    weak_runs = find_runs(list(weak_paths)) if weak_paths else []
+    ceiling_runs = find_runs(list(ceiling_paths)) if ceiling_paths else []
+    weak = float(np.mean([r.test_acc for r in weak_runs])) if weak_runs else None
+    ceiling = float(np.mean([r.test_acc for r in ceiling_runs])) if ceiling_runs else None
+    groups = group_runs(runs)
+    rows = summarize(groups, weak, ceiling)
+    out = Path(out)
+    write_tables(rows, out)
+    plot_curves(groups, out / "curves.png", extra=[*weak_runs, *ceiling_runs])
+    w = weak if weak is not None else (rows[0]["weak_acc"] if rows else None)
+    plot_accuracy_bars(rows, out / "accuracy_pgr.png", w, ceiling)
+    plot_beta(groups, out / "beta.png")
+    return markdown(rows), rows

@@ -37,13 +37,14 @@ from pipeline.objectives import Objective, build_objective
 from pipeline.pretrained import load_teacher
 from pipeline.runtime import RunError, all_reduce_sum, main_lock, setup
 from pipeline.sources.base import Source
-from pipeline.sources.registry import train_and_test
+from pipeline.sources.registry import load_splits
 from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec, view_policy
 from pipeline.views import ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
-               "test_acc", "test_agreement", "images_per_s", "epoch_s")
+               "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s")
+WEIGHT_BINS = np.linspace(0.0, 0.5, 11)  # AdaptConf's beta lies in (0, 0.5]
 TEACHER_MODES = ("store", "online")
 AMP_MODES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -108,7 +109,7 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
-        self.train_src, self.test_src = train_and_test(cfg.data)
+        self.train_src, self.val_src, self.test_src = load_splits(cfg.data)
         self.objective = self._objective()
         self.policy = view_policy(cfg)
         self.mix = mix_config(cfg)
@@ -198,7 +199,7 @@ class Trainer:
                             decode=self.train_src.encoded, augment=self.augment, seed=seed)
 
     def _teacher_test_predictions(self) -> np.ndarray | None:
-        """The teacher's argmax on the test split's fixed view (for student-teacher agreement)."""
+        """The teacher's argmax on the test split's fixed view (for agreement and its own accuracy)."""
         if not self.teacher or self.teacher.model is None:
             return None
         src = self.test_src
@@ -207,12 +208,11 @@ class Trainer:
                            decode=src.encoded)
         preds = np.empty(len(src), dtype=np.int64)
         with torch.no_grad():
-            for b in self._eval_stream(rep, world=1, rank=0):
+            for b in self._eval_stream(src, rep, world=1, rank=0):
                 preds[b.indices] = self.teacher.model(b.inputs[0]).argmax(1).cpu().numpy()
         return preds
 
-    def _eval_stream(self, rep: ViewReplayer, world: int, rank: int) -> Iterator[Any]:
-        src = self.test_src
+    def _eval_stream(self, src: Source, rep: ViewReplayer, world: int, rank: int) -> Iterator[Any]:
         batches = shard_batches(np.arange(len(src)), rep.batch_size * world, rank, world, drop_last=False)
         return stream(src, batches, rep, lambda idx: sample_params(self.policy, idx, 0, src.sizes_of(idx)))
 
@@ -259,7 +259,7 @@ class Trainer:
         order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
         batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
         self.model.train()
-        sums = np.zeros(9)  # loss gt kd align weight correct agree n steps
+        sums = np.zeros(9 + len(WEIGHT_BINS) - 1)  # loss gt kd align weight correct agree n steps | beta histogram
         start = time.perf_counter()
         num_updates = epoch * self.steps_per_epoch
         with _progress(self.console) as bar:
@@ -276,7 +276,8 @@ class Trainer:
                          out.terms["align"].item() * n if "align" in out.terms else 0.0,
                          0.0 if out.sample_weight is None else out.sample_weight.sum().item(),
                          (pred == b.labels).sum().item(),
-                         0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1]
+                         0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1,
+                         *self._weight_histogram(out.sample_weight)]
                 bar.advance(task)
         elapsed = time.perf_counter() - start
         s = all_reduce_sum(sums.tolist(), self.device, self.dist)
@@ -287,7 +288,15 @@ class Trainer:
             row.update(kd=s[2] / n, align=s[3] / n, train_agreement=s[6] / n)
         if self.objective.name in ("augconf", "adaptconf"):
             row["weight_mean"] = s[4] / n
+        if self.objective.name == "adaptconf":
+            row["weight_hist"] = [c / n for c in s[9:]]
         return row
+
+    def _weight_histogram(self, weight: Tensor | None) -> np.ndarray:
+        """Counts of AdaptConf's beta in ten bins over [0, 0.5] (zeros for other objectives)."""
+        if weight is None or self.objective.name != "adaptconf":
+            return np.zeros(len(WEIGHT_BINS) - 1)
+        return np.histogram(weight.detach().float().cpu().numpy(), bins=WEIGHT_BINS)[0].astype(np.float64)
 
     def _step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
         """One optimizer step: mix, teacher logits, forward, objective, backward."""
@@ -322,21 +331,27 @@ class Trainer:
         return out, zs, zt
 
     def _evaluate(self) -> dict[str, float]:
-        """Accuracy on the test split's fixed view (and agreement with the teacher's test predictions)."""
+        """Accuracy on the test split's fixed view (and the validation split's, when held out)."""
+        row = {}
+        if self.val_src is not None:
+            row["val_acc"] = self._accuracy(self.val_src, None)[0]
+        row["test_acc"], agreement = self._accuracy(self.test_src, self.test_teacher_pred)
+        if agreement is not None:
+            row["test_agreement"] = agreement
+        return row
+
+    def _accuracy(self, src: Source, teacher_pred: np.ndarray | None) -> tuple[float, float | None]:
         self.model.eval()
         correct = agree = count = 0.0
         with torch.no_grad(), self._autocast():
-            for b in self._eval_stream(self.eval_replayer, self.dist.world, self.dist.rank):
+            for b in self._eval_stream(src, self.eval_replayer, self.dist.world, self.dist.rank):
                 pred = self.model(b.inputs[0].contiguous(memory_format=self.memory_format)).argmax(1)
                 correct += (pred == b.labels).sum().item()
-                if self.test_teacher_pred is not None:
-                    agree += float((pred.cpu().numpy() == self.test_teacher_pred[b.indices]).sum())
+                if teacher_pred is not None:
+                    agree += float((pred.cpu().numpy() == teacher_pred[b.indices]).sum())
                 count += len(b.indices)
         correct, agree, count = all_reduce_sum([correct, agree, count], self.device, self.dist)
-        row = {"test_acc": correct / count}
-        if self.test_teacher_pred is not None:
-            row["test_agreement"] = agree / count
-        return row
+        return correct / count, (agree / count if teacher_pred is not None else None)
 
     # -- files -------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -396,7 +411,14 @@ class Trainer:
             "test_agreement": last.get("test_agreement"), "train_samples": len(self.train_src),
             "test_samples": len(self.test_src), "images_per_s": float(np.mean([r["images_per_s"] for r in history])),
             "teacher_mode": self.teacher.mode if self.teacher else None,
+            "teacher_test_acc": None if self.test_teacher_pred is None
+            else float((self.test_teacher_pred == self.test_src.labels).mean()),
+            "noise_rate": getattr(self.train_src, "noise_rate", None),
         }
+        if self.val_src is not None:
+            best = max(history, key=lambda r: r["val_acc"])
+            result.update(val_samples=len(self.val_src), best_epoch=int(best["epoch"]), best_val_acc=best["val_acc"],
+                          test_acc_at_best=best["test_acc"])
         if self.dist.is_main:
             save_model(self.model, self.out, self._meta())
             write_json(self.out / "result.json", result)

@@ -104,7 +104,7 @@ class ArraySource:
         """A new source holding ``indices`` of this one (e.g. the demo's halves A and B)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ArraySource(self.name, split, self.images[idx], self.labels[idx], self.num_classes,
-                           self.mean, self.std, self.class_names)
+                           self.mean, self.std, self.class_names, self.noise_rate)
 
     def with_labels(self, labels: np.ndarray, split: str) -> "ArraySource":
         """The same images with other labels (e.g. injected label noise)."""

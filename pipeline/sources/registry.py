@@ -77,8 +77,8 @@ def with_noise(source: Source, cfg: DataConfig) -> Source:
     return noisy
 
 
-def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
-    """The training selection and the test split of ``cfg``."""
+def load_splits(cfg: DataConfig) -> tuple[Source, Source | None, Source]:
+    """Training selection, validation split held out from it (``val_fraction``, else None), test split."""
     def load(split: str) -> Source:
         return load_source(cfg.source, split, cfg.data_dir, cfg.image_size, cfg.skip_corrupt)
 
@@ -92,10 +92,26 @@ def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
     test = select(test, "all", 0, cfg.test_limit)
     if cfg.noise_mode != "none":
         train = with_noise(train, cfg)
-    for src in (train, test):
+    val = None
+    if cfg.val_fraction > 0:
+        if not 0 < cfg.val_fraction < 1:
+            raise DataError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
+        perm = np.random.default_rng([cfg.val_seed, len(train)]).permutation(len(train))
+        n_val = max(1, int(round(cfg.val_fraction * len(train))))
+        val = train.subset(np.sort(perm[:n_val]), f"{train.split}:val{cfg.val_fraction}")
+        train = train.subset(np.sort(perm[n_val:]), f"{train.split}:train{1 - cfg.val_fraction:g}")
+    for src in (train, val, test):
+        if src is None:
+            continue
         if len(src) == 0:
             raise DataError(f"{src.name}/{src.split} is empty")
         lo, hi = int(src.labels.min()), int(src.labels.max())
         if lo < 0 or hi >= src.num_classes:
             raise DataError(f"{src.name}/{src.split}: labels {lo}..{hi} fall outside the {src.num_classes} classes")
+    return train, val, test
+
+
+def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
+    """The training selection (without any validation hold-out) and the test split of ``cfg``."""
+    train, _, test = load_splits(cfg)
     return train, test

@@ -1,0 +1,126 @@
+"""``w2s sweep``: many student runs on one cached store, each in its own run directory.
+
+Every combination of the ``--grid`` values and ``--seeds`` becomes one run under the sweep
+directory, named after its settings. The store is made first (only if missing); finished runs
+are skipped and unfinished ones resumed, so the same command can be run again after a crash.
+With ``parallel > 1`` runs go to that many ``python cli.py train-student`` processes at a time.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from pipeline.checkpoint import write_json
+from pipeline.config import ConfigError, load_config, parse_override
+from pipeline.runtime import RunError
+from store.soft_label_store import SoftLabelStore
+
+CLI = Path(__file__).resolve().parent.parent / "cli.py"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One point of the grid: its directory name and the overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+    settings: tuple[tuple[str, Any], ...]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
+    """``["objective.name=kd,adaptconf", "objective.threshold=0.5,1"]`` -> keys with their values."""
+    grid = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r} is not of the form key=v1,v2,...")
+        key, raw = item.split("=", 1)
+        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise ConfigError(f"--grid {key} has no values")
+        parse_override(f"{key}=0")
+        grid.append((key.strip(), values))
+    return grid
+
+
+def _slug(key: str, value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{key.split('.')[-1]}={value}")
+
+
+def expand(grid: list[tuple[str, list[Any]]], seeds: list[int]) -> list[SweepRun]:
+    """The runs of a grid x seeds, in a stable order."""
+    keys = [k for k, _ in grid]
+    runs = []
+    for values in itertools.product(*[v for _, v in grid]):
+        for seed in seeds:
+            settings = tuple(zip(keys, values)) + (("run.seed", seed),)
+            name = "__".join(_slug(k, v) for k, v in settings)
+            overrides = tuple(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in settings)
+            runs.append(SweepRun(name, overrides, settings))
+    return runs
+
+
+def _status(run_dir: Path) -> str:
+    if (run_dir / "result.json").exists():
+        return "done"
+    return "partial" if (run_dir / "checkpoints" / "state.pt").exists() else "new"
+
+
+def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_overrides: list[str],
+          output: str | Path, parallel: int = 1, console: Console | None = None) -> dict[str, Any]:
+    """Run the sweep; returns the manifest written to ``<output>/sweep.json``."""
+    from pipeline.infer_teacher import infer
+    from pipeline.train_student import train
+
+    console = console or Console(stderr=True)
+    out = Path(output)
+    grid = parse_grid(grid_items)
+    runs = expand(grid, seeds)
+    for r in runs:  # validate every combination before any work starts
+        load_config(config, base_overrides + list(r.overrides) + [f"run.output={out / r.name}"])
+    base = load_config(config, base_overrides)
+    if base.teacher.mode == "store" and base.teacher.store and not SoftLabelStore.exists(base.teacher.store):
+        console.rule(f"store {base.teacher.store} is missing: running infer-teacher once")
+        infer(base, console=console)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"config": str(config), "base_overrides": base_overrides, "grid": {k: v for k, v in grid},
+                "seeds": seeds, "runs": [{"name": r.name, "settings": dict(r.settings)} for r in runs]}
+    write_json(out / "sweep.json", manifest)
+    todo = [r for r in runs if _status(out / r.name) != "done"]
+    console.print(f"sweep {out}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run"
+                  + (f", {parallel} at a time" if parallel > 1 else ""))
+
+    def args_of(r: SweepRun) -> list[str]:
+        return base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]
+
+    if parallel <= 1:
+        for i, r in enumerate(todo):
+            console.rule(f"[{i + 1}/{len(todo)}] {r.name}")
+            train(load_config(config, args_of(r)), role="student", resume=True, console=console)
+    else:
+        def launch(r: SweepRun) -> tuple[str, int]:
+            log = out / r.name / "sweep.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, str(CLI), "train-student", str(config), "--resume"]
+            for a in args_of(r):
+                cmd += ["--set", a]
+            with open(log, "w") as f:
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
+            console.print(f"{'finished' if code == 0 else 'FAILED'} {r.name}" + ("" if code == 0 else f" (see {log})"))
+            return r.name, code
+
+        with ThreadPoolExecutor(parallel) as pool:
+            failed = [name for name, code in pool.map(launch, todo) if code != 0]
+        if failed:
+            raise RunError(f"{len(failed)} sweep runs failed, first {failed[0]}; rerun the command to retry them")
+    return manifest
