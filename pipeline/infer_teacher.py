@@ -41,6 +41,9 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         raise RunError(f"teacher predicts {meta['num_classes']} classes but {source.name} has {source.num_classes}")
     if int(source.labels.max()) >= meta["num_classes"] or int(source.labels.min()) < 0:
         raise RunError(f"labels of {source.name} fall outside the teacher's {meta['num_classes']} classes")
+    if source.noise_rate is not None and info.is_main:
+        console.print(f"label noise {cfg.data.noise_mode} at rate {cfg.data.noise_rate}: "
+                      f"{100 * source.noise_rate:.2f}% of the stored labels differ from the clean ones")
     policy = view_policy(cfg)
     spec = teacher_spec(source, meta)
     attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],

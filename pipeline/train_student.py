@@ -115,6 +115,10 @@ class Trainer:
         self.mix = mix_config(cfg)
         self.augment = student_augment(cfg)
         self.teacher = open_teacher(cfg, self.objective, self.train_src, self.policy, self.device)
+        noise = getattr(self.train_src, "noise_rate", None)
+        if noise is not None and self.dist.is_main:
+            self.console.print(f"label noise {cfg.data.noise_mode} at rate {cfg.data.noise_rate}: "
+                               f"{100 * noise:.2f}% of the training labels differ from the clean ones")
         self.labels = self.train_src.labels
         if self.teacher and self.teacher.store is not None:
             self.labels = self.teacher.store.labels()  # the labels the teacher saw (e.g. noisy)

@@ -22,6 +22,7 @@ class Source(Protocol):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     encoded: bool
+    noise_rate: float | None
 
     def __len__(self) -> int: ...
 
@@ -38,6 +39,8 @@ class Source(Protocol):
     def fingerprint(self) -> str: ...
 
     def subset(self, indices: np.ndarray, split: str) -> "Source": ...
+
+    def with_labels(self, labels: np.ndarray, split: str) -> "Source": ...
 
 
 @dataclass

@@ -36,6 +36,7 @@ class FileSource:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     skipped: list[str] = field(default_factory=list)
+    noise_rate: float | None = None
     encoded = True
 
     def __len__(self) -> int:
@@ -68,6 +69,12 @@ class FileSource:
     def subset(self, indices: np.ndarray, split: str) -> "FileSource":
         idx = np.asarray(indices, dtype=np.int64)
         return FileSource(self.name, split, [self.paths[i] for i in idx], self.labels[idx], self.sizes[idx],
+                          self.num_classes, self.class_names, self.output_hw, self.mean, self.std, self.skipped,
+                          self.noise_rate)
+
+    def with_labels(self, labels: np.ndarray, split: str) -> "FileSource":
+        """The same files with other labels (e.g. injected label noise)."""
+        return FileSource(self.name, split, self.paths, np.asarray(labels, dtype=np.int64), self.sizes,
                           self.num_classes, self.class_names, self.output_hw, self.mean, self.std, self.skipped)
 
 
