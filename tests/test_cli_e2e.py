@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from cli import app
+from pipeline.checkpoint import load_model
 from pipeline.config import load_config
 from pipeline.loader import ViewReplayer, crop_size_for
 from pipeline.objectives import build_objective
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import teacher_spec, view_policy
-from pipeline.checkpoint import load_model
 from store.soft_label_store import SoftLabelStore
-
-runner = CliRunner()
+from tests.cli_run import fails, ok
 
 
 def _write_config(path: Path, data_dir: Path, out: Path, **sections) -> Path:
@@ -36,21 +33,8 @@ def _write_config(path: Path, data_dir: Path, out: Path, **sections) -> Path:
     return path
 
 
-def _ok(args: list[str]) -> dict:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _fails(args: list[str], pattern: str) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code != 0
-    lines = [line for line in res.output.strip().splitlines() if line.strip()]
-    assert lines, "no message"
-    joined = " ".join(lines)
-    assert pattern in joined, joined
-    assert "Traceback" not in res.output
-    return joined
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +44,11 @@ def pipeline_run(fmnist_dir, tmp_path_factory):
     t0 = time.perf_counter()
     tcfg = _write_config(out / "teacher.yaml", fmnist_dir, out, model={"name": "fmnist_linear"},
                          run={"output": str(out / "teacher")})
-    teacher = _ok(["train-teacher", str(tcfg)])
+    teacher = ok(["train-teacher", str(tcfg)])
     scfg = _write_config(out / "student.yaml", fmnist_dir, out, model={"name": "fmnist_cnn", "kwargs": {"width": 8}},
                          objective={"name": "adaptconf", "gt_weight": 0.0})
-    infer = _ok(["infer-teacher", str(scfg)])
-    student = _ok(["train-student", str(scfg)])
+    infer = ok(["infer-teacher", str(scfg)])
+    student = ok(["train-student", str(scfg)])
     return {"out": out, "teacher": teacher, "infer": infer, "student": student, "seconds": time.perf_counter() - t0,
             "student_cfg": scfg}
 
@@ -93,7 +77,7 @@ def test_end_to_end_under_a_minute(pipeline_run):
 
 
 def test_infer_teacher_again_computes_nothing(pipeline_run):
-    again = _ok(["infer-teacher", str(pipeline_run["student_cfg"])])
+    again = ok(["infer-teacher", str(pipeline_run["student_cfg"])])
     assert again["computed_chunks"] == 0
 
 
@@ -116,7 +100,7 @@ def test_infer_teacher_resumes_interrupted_store(pipeline_run, monkeypatch, tmp_
         it.infer(load_config(cfg, [f"teacher.store={target}"]))
     monkeypatch.setattr(SoftLabelStore, "write_chunk", real)
     assert SoftLabelStore.open(target).done_mask().sum() == 5
-    res = _ok(["infer-teacher", str(cfg), "--set", f"teacher.store={target}"])
+    res = ok(["infer-teacher", str(cfg), "--set", f"teacher.store={target}"])
     assert res["computed_chunks"] == 12 - 5
     a, b = SoftLabelStore.open(target), SoftLabelStore.open(pipeline_run["out"] / "store")
     np.testing.assert_array_equal(a.group["logits"][:], b.group["logits"][:])
@@ -148,65 +132,65 @@ def test_online_teacher_matches_store_on_the_same_batch(pipeline_run):
 
 
 def test_train_student_online_mode_runs(pipeline_run, tmp_path):
-    res = _ok(["train-student", str(pipeline_run["student_cfg"]), "--teacher-mode", "online",
+    res = ok(["train-student", str(pipeline_run["student_cfg"]), "--teacher-mode", "online",
                "--set", "optim.epochs=1", "--set", f"run.output={tmp_path / 'online'}"])
     assert res["teacher_mode"] == "online"
 
 
 def test_finished_run_is_not_overwritten(pipeline_run):
-    _fails(["train-student", str(pipeline_run["student_cfg"])], "already holds a finished run")
+    fails(["train-student", str(pipeline_run["student_cfg"])], "already holds a finished run")
 
 
 # -- bad input ------------------------------------------------------------------------------
 
 def test_missing_data(pipeline_run, tmp_path):
-    msg = _fails(["train-teacher", str(pipeline_run["student_cfg"]), "--set", f"data.data_dir={tmp_path / 'none'}",
+    msg = fails(["train-teacher", str(pipeline_run["student_cfg"]), "--set", f"data.data_dir={tmp_path / 'none'}",
                   "--set", f"run.output={tmp_path / 'r'}"], "Fashion-MNIST train not found")
     assert "apt-get install dataset-fashion-mnist" in msg
 
 
 def test_unknown_config_key_lists_valid_keys(pipeline_run, tmp_path):
-    msg = _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'")
+    msg = fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'")
     assert "lr, momentum, nesterov" in msg
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: {name: x}\n")
-    _fails(["train-student", str(bad)], "valid keys in the top level: data, views, augment, model")
+    fails(["train-student", str(bad)], "valid keys in the top level: data, views, augment, model")
 
 
 def test_store_that_does_not_match_view_policy(pipeline_run, tmp_path):
-    _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "views.seed=3",
+    fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "views.seed=3",
             "--set", f"run.output={tmp_path / 'r'}"], "view_policy.seed is 0 in the store but 3 here")
 
 
 def test_store_that_does_not_match_dataset(pipeline_run, tmp_path):
-    _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "data.limit=1500",
+    fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "data.limit=1500",
             "--set", f"run.output={tmp_path / 'r'}"], "dataset.")
 
 
 def test_missing_checkpoint(pipeline_run, tmp_path):
-    _fails(["infer-teacher", str(pipeline_run["student_cfg"]), "--set", f"teacher.checkpoint={tmp_path / 'nope'}",
+    fails(["infer-teacher", str(pipeline_run["student_cfg"]), "--set", f"teacher.checkpoint={tmp_path / 'nope'}",
             "--set", f"teacher.store={tmp_path / 's'}"], "teacher checkpoint")
 
 
 def test_missing_store(pipeline_run, tmp_path):
-    _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", f"teacher.store={tmp_path / 'nostore'}",
+    fails(["train-student", str(pipeline_run["student_cfg"]), "--set", f"teacher.store={tmp_path / 'nostore'}",
             "--set", f"run.output={tmp_path / 'r'}"], "no store at")
 
 
 def test_missing_config_file(tmp_path):
-    _fails(["train-teacher", str(tmp_path / "nope.yaml")], "not found")
+    fails(["train-teacher", str(tmp_path / "nope.yaml")], "not found")
 
 
 def test_bad_override_type(pipeline_run):
-    _fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "optim.epochs=two"],
+    fails(["train-student", str(pipeline_run["student_cfg"]), "--set", "optim.epochs=two"],
            "optim.epochs: expected an integer")
 
 
 def test_top_k_store_trains_a_student(pipeline_run, tmp_path):
     cfg = str(pipeline_run["student_cfg"])
     where = ["--set", f"teacher.store={tmp_path / 'topk'}", "--set", "teacher.layout=top_k", "--set", "teacher.top_k=3"]
-    info = _ok(["infer-teacher", cfg, *where])
+    info = ok(["infer-teacher", cfg, *where])
     full = pipeline_run["infer"]["teacher_accuracy"]
     assert info["teacher_accuracy"] == full  # hard labels are exact in the top_k layout
-    res = _ok(["train-student", cfg, *where, "--set", "optim.epochs=1", "--set", f"run.output={tmp_path / 'r'}"])
+    res = ok(["train-student", cfg, *where, "--set", "optim.epochs=1", "--set", f"run.output={tmp_path / 'r'}"])
     assert res["teacher_mode"] == "store"

@@ -1,27 +1,20 @@
 """Label noise as a data option: recorded in the store and the run, same for teacher and student."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
 from pipeline.config import load_config
 from pipeline.sources.registry import load_splits
 from store.soft_label_store import SoftLabelStore
+from tests.cli_run import invoke, ok
 from tests.formats import write_cifar100
 
 ROOT = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
-def _ok(args: list[str]) -> dict:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_noise_is_deterministic_and_logged(fmnist_dir):
@@ -47,10 +40,10 @@ def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
     common = ["--set", f"data.data_dir={fmnist_dir}", "--set", "data.limit=1000", "--set", "optim.epochs=1",
               "--set", "optim.batch_size=100", "--set", "data.test_limit=500",
               "--set", f"teacher.checkpoint={tmp_path / 'teacher'}", "--set", f"teacher.store={tmp_path / 'store'}"]
-    t = _ok(["train-teacher", str(ROOT / "configs/noisy/fmnist_sym40_teacher.yaml"), *common,
+    t = ok(["train-teacher", str(ROOT / "configs/noisy/fmnist_sym40_teacher.yaml"), *common,
              "--set", f"run.output={tmp_path / 'teacher'}"])
     assert 0.3 < t["noise_rate"] < 0.42
-    _ok(["infer-teacher", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common])
+    ok(["infer-teacher", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common])
     cfg = load_config(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml",
                       [f"data.data_dir={fmnist_dir}", "data.limit=1000"])
     train, _, _ = load_splits(cfg.data)
@@ -58,10 +51,10 @@ def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
     np.testing.assert_array_equal(store.labels(), train.labels)
     assert store.attrs["dataset"]["realized_noise_rate"] == pytest.approx(t["noise_rate"])
     for name in ("noisy_only", "adaptconf"):
-        res = _ok(["train-student", str(ROOT / f"configs/noisy/fmnist_sym40_{name}.yaml"), *common,
+        res = ok(["train-student", str(ROOT / f"configs/noisy/fmnist_sym40_{name}.yaml"), *common,
                    "--set", f"run.output={tmp_path / name}"])
         assert res["noise_rate"] == pytest.approx(t["noise_rate"])
-    mismatch = runner.invoke(app, ["train-student", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common,
+    mismatch = invoke(["train-student", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common,
                                    "--set", "data.noise_seed=5", "--set", f"run.output={tmp_path / 'x'}"])
     assert mismatch.exit_code == 2 and "dataset." in mismatch.output
 

@@ -16,20 +16,21 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli import app
-from pipeline.mixing import MixConfig, batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
+from pipeline.mixing import (
+    MixConfig,
+    batch_rng,
+    draw,
+    mix_images,
+    mix_targets,
+    mix_teacher_logits,
+)
+from tests.cli_run import invoke, ok
 from tests.formats import write_cifar100
 
 ROOT = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
-def _ok(args: list[str]) -> dict:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # -- mixing ---------------------------------------------------------------------------------
@@ -82,14 +83,14 @@ def test_cifar100_row_full_pipeline(cifar_dir, tmp_path, row, teacher):
     """Every config of a README row: teacher training, one store, then kd / augconf / adaptconf students."""
     common = TINY + ["--set", f"data.data_dir={cifar_dir}", "--set", "model.name=cifar_resnet8"]
     tdir, store = tmp_path / "teacher", tmp_path / "store"
-    t = _ok(["train-teacher", str(ROOT / f"configs/cifar100/teacher_{teacher}.yaml"), *common,
+    t = ok(["train-teacher", str(ROOT / f"configs/cifar100/teacher_{teacher}.yaml"), *common,
              "--set", f"run.output={tdir}"])
     assert t["train_samples"] == 160
     where = ["--set", f"teacher.checkpoint={tdir}", "--set", f"teacher.store={store}"]
     first = ROOT / f"configs/cifar100/{row}_kd.yaml"
-    assert _ok(["infer-teacher", str(first), *common, *where])["computed_chunks"] == 3 * 3
+    assert ok(["infer-teacher", str(first), *common, *where])["computed_chunks"] == 3 * 3
     for ob in ("kd", "augconf", "adaptconf"):
-        res = _ok(["train-student", str(ROOT / f"configs/cifar100/{row}_{ob}.yaml"), *common, *where,
+        res = ok(["train-student", str(ROOT / f"configs/cifar100/{row}_{ob}.yaml"), *common, *where,
                    "--set", f"run.output={tmp_path / ob}"])
         assert res["objective"] == ob and res["teacher_mode"] == "store"
 
@@ -109,10 +110,10 @@ def test_speed_switches_smoke(cifar_dir, tmp_path):
     """bf16 autocast, channels_last and torch.compile run on CPU; fp16 is refused off CUDA."""
     common = TINY + ["--set", f"data.data_dir={cifar_dir}", "--set", "model.name=cifar_resnet8"]
     cfg = str(ROOT / "configs/cifar100/teacher_resnet20.yaml")
-    res = _ok(["train-teacher", cfg, *common, "--set", "run.amp=bf16", "--set", "run.channels_last=true",
+    res = ok(["train-teacher", cfg, *common, "--set", "run.amp=bf16", "--set", "run.channels_last=true",
                "--set", "run.compile=true", "--set", "run.compile_backend=aot_eager", "--set", f"run.output={tmp_path / 'a'}"])
     assert 0 <= res["test_acc"] <= 1
-    bad = runner.invoke(app, ["train-teacher", cfg, *common, "--set", "run.amp=fp16", "--set", f"run.output={tmp_path / 'b'}"])
+    bad = invoke(["train-teacher", cfg, *common, "--set", "run.amp=fp16", "--set", f"run.output={tmp_path / 'b'}"])
     assert bad.exit_code == 2 and "needs a CUDA device" in bad.output
 
 
@@ -153,7 +154,7 @@ def _timm_teacher_checkpoint(path: Path) -> None:
 
 
 def test_image_folder_corrupt_file_is_listed(image_folder, tmp_path):
-    res = runner.invoke(app, ["train-teacher", str(ROOT / "configs/cifar100/teacher_resnet20.yaml"),
+    res = invoke(["train-teacher", str(ROOT / "configs/cifar100/teacher_resnet20.yaml"),
                               "--set", "data.source=image_folder", "--set", f"data.data_dir={image_folder}",
                               "--set", "data.test_split=val", "--set", "run.device=cpu", "--set", f"run.output={tmp_path / 'x'}"])
     assert res.exit_code == 2
@@ -174,9 +175,9 @@ def test_imagenet_recipe_on_image_folder(image_folder, tmp_path):
               "--set", "teacher.chunk_samples=16", "--set", "views.num_views=2", "--set", "run.device=cpu",
               "--set", "run.amp=none", "--set", "optim.epochs=1", "--set", "optim.batch_per_process=12",
               "--set", "optim.eval_batch_size=12", "--set", f"run.output={tmp_path / 'run'}"]
-    stage1 = _ok(["infer-teacher", cfg, *common])
+    stage1 = ok(["infer-teacher", cfg, *common])
     assert stage1["computed_chunks"] == 3 * 3
-    res = _ok(["train-student", cfg, *common])
+    res = ok(["train-student", cfg, *common])
     assert res["train_samples"] == 36 and res["test_samples"] == 12
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["weight_mean"] > 0 and np.isfinite(rows[-1]["loss"])
