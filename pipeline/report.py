@@ -30,6 +30,7 @@ class RunResult:
     result: dict[str, Any]
     config: dict[str, Any]
     history: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def test_acc(self) -> float:
@@ -37,8 +38,14 @@ class RunResult:
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunResult:
-    """Read ``result.json``, ``config.yaml`` and ``metrics.jsonl`` of a finished run."""
+    """Read ``result.json``, ``config.yaml`` and ``metrics.jsonl`` of a finished run (and its sweep settings)."""
     p = Path(path)
+    manifest = p.parent / "sweep.json"
+    settings: dict[str, Any] = {}
+    if manifest.exists():
+        for entry in json.loads(manifest.read_text()).get("runs", []):
+            if entry["name"] == p.name:
+                settings = {k: v for k, v in entry["settings"].items() if k not in IGNORED_KEYS}
     result_file = p / "result.json"
     if not result_file.is_file():
         raise FileNotFoundError(f"{p} is not a finished run (no result.json)")
@@ -47,7 +54,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunResult:
     return RunResult(name or p.name, p, json.loads(result_file.read_text()),
                      yaml.safe_load(cfg_file.read_text()) if cfg_file.exists() else {},
                      [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-                     if metrics.exists() else [])
+                     if metrics.exists() else [], settings)
 
 
 def find_runs(paths: list[str | Path]) -> list[RunResult]:
@@ -96,14 +103,23 @@ class Group:
 
 
 def group_runs(runs: list[RunResult]) -> list[Group]:
-    """Group by configuration; a group's label lists the settings that vary between groups."""
+    """Group by configuration (everything but seed and output).
+
+    A group's label is its sweep settings (``--grid`` values) when its runs came from sweeps and
+    those labels tell the groups apart, else the config keys that vary between groups.
+    """
     flats = [{k: v for k, v in _flat(r.config).items() if k not in IGNORED_KEYS} for r in runs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
     groups: dict[str, Group] = {}
     for run, f in zip(runs, flats):
+        key = json.dumps([f.get(k) for k in varying], sort_keys=True, default=str)
         label = ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying) or run.name
-        groups.setdefault(label, Group(label)).runs.append(run)
+        groups.setdefault(key, Group(label)).runs.append(run)
+    sweep_labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in g.runs[0].settings.items()) for g in groups.values()]
+    if all(sweep_labels) and len(set(sweep_labels)) == len(sweep_labels):
+        for g, label in zip(groups.values(), sweep_labels):
+            g.label = label
     return list(groups.values())
 
 
