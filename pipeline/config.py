@@ -268,9 +268,8 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file, then each ``key=value`` override in order."""
-    cfg = Config()
+def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[str] | None) -> Any:
+    """Fill the dataclass ``cfg`` from a YAML file, then each ``key=value`` override, strictly."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -285,6 +284,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         _apply(cfg, parse_override(text), "")
     return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then each ``key=value`` override in order."""
+    return apply_file_and_overrides(Config(), path, overrides)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -21,6 +21,7 @@ as the pipeline's configs: an unknown key is an error listing its section's vali
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from pipeline.checkpoint import (CheckpointError, atomic_write, load_model, load_state, load_state_strict,
                                  save_model, save_state, write_json)
-from pipeline.config import ConfigError, DataConfig, _apply, parse_override
+from pipeline.config import ConfigError, DataConfig, apply_file_and_overrides
 from pipeline.fewshot_eval import cosine_logits, evaluate_episodes, prototypes, sample_episode
 from pipeline.loader import Batch, ViewReplayer, crop_size_for, stream
 from pipeline.objectives import Objective, build_objective
@@ -138,20 +139,7 @@ class FewShotConfig:
 
 def load_few_shot_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FewShotConfig:
     """Defaults, then the YAML file, then each ``key=value`` override in order (strict, like ``load_config``)."""
-    cfg = FewShotConfig()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        _apply(cfg, data, "")
-    for text in overrides or []:
-        _apply(cfg, parse_override(text), "")
+    cfg = apply_file_and_overrides(FewShotConfig(), path, overrides)
     if cfg.data.noise_mode != "none":
         raise ConfigError("data.noise_mode: the few-shot commands do not inject label noise; leave it at none")
     return cfg
@@ -244,6 +232,18 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True, disable=not console.is_terminal)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch single-threaded inside: episodes are tiny matrix products, and worker threads only add
+    synchronization (the 2,000-episode loop ran 10x slower with 2 threads on 2 busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _single_process() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("the few-shot commands run in one process; start them without torchrun")
@@ -276,8 +276,9 @@ def evaluate(cfg: FewShotConfig, console: Console | None = None) -> dict[str, An
         feats = embed_source(model, meta, source, e.batch_size, device, cfg.run.num_threads)
         shots: dict[str, dict[str, float]] = {}
         for k in e.shots:
-            r = evaluate_episodes(lambda x: x, feats, source.labels, e.n_way, k, e.n_query, e.episodes, e.seed,
-                                  batch_size=max(e.batch_size, 4096))
+            with _one_thread():
+                r = evaluate_episodes(lambda x: x, feats, source.labels, e.n_way, k, e.n_query, e.episodes, e.seed,
+                                      batch_size=len(feats))
             shots[str(k)] = {"mean": float(r["mean"]), "ci95": float(r["ci95"])}  # type: ignore[arg-type]
             console.print(f"{e.n_way}-way {k}-shot: {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} %  "  # type: ignore[operator]
                           f"({e.episodes} episodes)")
@@ -404,9 +405,7 @@ class MetaTrainer:
                                                                   self.device)
             self.teacher.eval().requires_grad_(False)
             specs.append(teacher_spec(self.source, tmeta))
-        self.replayer = ViewReplayer(self.source.image_hw, specs, self.layout.images,
-                                     crop_size_for(FIXED_VIEW, self.source), str(self.device), cfg.run.num_threads,
-                                     decode=self.source.encoded)
+        self.specs = specs
         # Meta-Baseline's optimizer: plain SGD over every parameter, the cosine scale included.
         self.optimizer = torch.optim.SGD(list(self.model.parameters()) + list(self.head.parameters()), lr=m.lr,
                                          momentum=m.momentum, weight_decay=m.weight_decay)
@@ -414,14 +413,14 @@ class MetaTrainer:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         m, layout = self.cfg.meta, self.layout
         batches = epoch_batches(self.by_class, layout, m.batches_per_epoch, self.cfg.run.seed, epoch)
-        params_of = lambda idx: sample_params(FIXED_VIEW, idx, 0, self.source.sizes_of(idx))  # noqa: E731
         labels = layout.query_labels(self.device)
         self.model.train()
         sums = np.zeros(7)  # loss gt kd align weight correct agree
         start = time.perf_counter()
         with _progress(self.console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{m.epochs}", total=len(batches))
-            for b in stream(self.source, batches, self.replayer, params_of):
+            for b in _fixed_views(self.source, self.specs, batches, layout.images, self.device,
+                                  self.cfg.run.num_threads):
                 support, query = layout.split(embed(self.model, b.inputs[0]))
                 zs = self.head(support, query, layout.n_way, layout.k_shot)
                 zt = None
