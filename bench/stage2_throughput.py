@@ -297,8 +297,9 @@ def table(res: dict[str, Any]) -> str:
              "", "| variant | images/s | vs limit | data-wait fraction | process CPU ms/step | note |",
              "|---|---:|---:|---:|---:|---|",
              row("(a) cached logits: store + DALI replay + stream()", v["cached"], f"{q['cached/limit']:.3f}",
-                 "ratio: median of per-round ratios"),
-             row("(b) online teacher: DALI replay + teacher forward", v["online"], f"{q['online/limit']:.3f}", ""),
+                 f"median ratio over {res['clean_rounds']['cached']}/{a['rounds']} undisturbed rounds"),
+             row("(b) online teacher: DALI replay + teacher forward", v["online"], f"{q['online/limit']:.3f}",
+                 f"median ratio over {res['clean_rounds']['online']}/{a['rounds']} undisturbed rounds"),
              row("(c) limit: student step on preloaded tensors", v["limit"], "1.000", ""),
              row("(d) loader only: stream() of (a), no step", v["loader"],
                  f"{v['loader']['images_per_s'] / v['limit']['images_per_s']:.1f}x", "diagnostic"),
@@ -321,11 +322,13 @@ def table(res: dict[str, Any]) -> str:
              (f"during the whole run other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU "
               f"time and the hypervisor stole {100 * res['steal_fraction']:.1f}%; {res['busy_redos']} disturbed timings "
               "were redone")]
-    bad = [n for n, x in [*v.items(), ("stage 1", s1)] if x["noisy_runs"]] + [f"Trainer {n}" for n, x in te.items() if noisy(x)] + (
-        ["teacher-only"] if noisy(s1["teacher_only"]) else [])
+    bad = ([n for n in ("cached", "online") if res["clean_rounds"][n] < a["rounds"] // 2]
+           + [n for n in ("loader",) if v[n]["noisy_runs"] == len(v[n]["runs"])]
+           + (["stage 1"] if s1["noisy_runs"] else []) + (["teacher-only"] if noisy(s1["teacher_only"]) else [])
+           + [f"Trainer {n}" for n, x in te.items() if noisy(x)])
     if bad:
-        lines.append(f"WARNING: other processes or the hypervisor took CPU time during timings of {', '.join(bad)} even after "
-                     "redoing them; those numbers are not reliable, rerun on an idle machine.")
+        lines.append(f"WARNING: other processes or the hypervisor took CPU time during the timings of {', '.join(bad)}, "
+                     "even after redoing them; those rows are not reliable. Rerun on an idle machine.")
     return "\n".join(lines)
 
 
@@ -410,11 +413,11 @@ def stage2(args: argparse.Namespace, tr_store: Trainer, tr_online: Trainer) -> d
             t.close()
     out: dict[str, Any] = {"busy_redos": redos}
     for name, rs in runs.items():
-        out[name] = {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
-                     "wait_fraction": statistics.median(r["wait_fraction"] for r in rs),
-                     "cpu_s_per_step": statistics.median(r["cpu_s_per_step"] for r in rs),
-                     "noisy_runs": sum(noisy(r) for r in rs),
-                     "runs": rs}
+        use = [r for r in rs if not noisy(r)] or rs  # undisturbed timings when there are any
+        out[name] = {"images_per_s": statistics.median(r["images_per_s"] for r in use),
+                     "wait_fraction": statistics.median(r["wait_fraction"] for r in use),
+                     "cpu_s_per_step": statistics.median(r["cpu_s_per_step"] for r in use),
+                     "noisy_runs": sum(noisy(r) for r in rs), "runs": rs}
     return out
 
 
@@ -463,9 +466,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     v, s1 = res["variants"], res["stage1"]
     lim = v["limit"]["images_per_s"]
 
-    def paired(a: str) -> float:
-        return statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in zip(v[a]["runs"], v["limit"]["runs"]))
+    def pairs(a: str) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """Rounds in which neither slice was disturbed (all rounds when there are none)."""
+        both = list(zip(v[a]["runs"], v["limit"]["runs"]))
+        return [(x, y) for x, y in both if not noisy(x) and not noisy(y)] or both
 
+    def paired(a: str) -> float:
+        return statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in pairs(a))
+
+    res["clean_rounds"] = {a: len([1 for x, y in zip(v[a]["runs"], v["limit"]["runs"]) if not noisy(x) and not noisy(y)])
+                           for a in ("cached", "online")}
     res["ratios"] = {"cached/limit": paired("cached"), "online/limit": paired("online"),
                      "cached/limit_of_medians": v["cached"]["images_per_s"] / lim,
                      "online/limit_of_medians": v["online"]["images_per_s"] / lim,
