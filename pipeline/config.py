@@ -138,7 +138,9 @@ class OptimConfig:
     ``batch_size`` is the global batch the recipe's ``lr`` belongs to. With ``batch_per_process``
     set, the global batch becomes ``batch_per_process * world_size`` and the lr follows the linear
     scaling rule ``lr * global_batch / batch_size`` (and ``min_lr`` likewise).
-    ``layer_decay`` (0 = off) is timm's layer-wise lr decay for ViTs.
+    ``layer_decay`` (0 = off) is timm's layer-wise lr decay for ViTs. ``schedule``: cosine (to
+    ``min_lr``) or multistep (lr x ``decay_rate`` at each epoch in ``milestones``), both after
+    ``warmup_epochs`` of linear warm-up, stepped every iteration.
     """
 
     name: str = "sgd"
@@ -149,6 +151,9 @@ class OptimConfig:
     epochs: int = 10
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=list)
+    decay_rate: float = 0.1
     layer_decay: float = 0.0
     batch_size: int = 128
     batch_per_process: int = 0

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -189,11 +189,17 @@ class Trainer:
             kwargs["layer_decay"] = o.layer_decay
         self.optimizer = create_optimizer_v2(self.model, opt=opt_name, lr=o.lr * scale, weight_decay=o.weight_decay,
                                              **kwargs)
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=o.epochs * self.steps_per_epoch,
-                                           lr_min=o.min_lr * scale,
-                                           warmup_t=int(o.warmup_epochs * self.steps_per_epoch),
-                                           warmup_lr_init=o.lr * scale * 1e-3 if o.warmup_epochs else 0.0,
-                                           warmup_prefix=True, t_in_epochs=False)
+        warmup = dict(warmup_t=int(o.warmup_epochs * self.steps_per_epoch),
+                      warmup_lr_init=o.lr * scale * 1e-3 if o.warmup_epochs else 0.0, warmup_prefix=True,
+                      t_in_epochs=False)
+        if o.schedule == "cosine":
+            self.scheduler = CosineLRScheduler(self.optimizer, t_initial=o.epochs * self.steps_per_epoch,
+                                               lr_min=o.min_lr * scale, **warmup)
+        elif o.schedule == "multistep":
+            self.scheduler = MultiStepLRScheduler(self.optimizer, decay_rate=o.decay_rate, **warmup,
+                                                  decay_t=[int(m * self.steps_per_epoch) for m in o.milestones])
+        else:
+            raise RunError(f"optim.schedule must be cosine or multistep, got {o.schedule!r}")
 
     def _train_replayer(self, epoch: int) -> ViewReplayer:
         """The training pipeline; with DALI-side augmentation it is rebuilt per epoch from (seed, epoch, rank)."""
