@@ -205,13 +205,19 @@ def noisy(r: dict[str, Any]) -> bool:
     return r["foreign_cpu_fraction"] > BUSY or r["steal_fraction"] > STEAL
 
 
+REDO_BUDGET = {"seconds_left": 60.0}  # total time a run may spend redoing disturbed timings (--redo-budget)
+
+
 def clean(fn: Callable[[], dict[str, Any]], retries: int) -> tuple[dict[str, Any], int]:
-    """``fn()``, redone up to ``retries`` times while the machine was busy with others; (result, redos)."""
+    """``fn()``, redone up to ``retries`` times while the machine was busy with others, as long as the
+    run's redo budget lasts; (result, redos)."""
     r, redo = fn(), 0
-    while noisy(r) and redo < retries:
+    while noisy(r) and redo < retries and REDO_BUDGET["seconds_left"] > 0:
         redo += 1
+        t0 = time.perf_counter()
         time.sleep(0.5)
         r = fn()
+        REDO_BUDGET["seconds_left"] -= time.perf_counter() - t0
     return r, redo
 
 
@@ -543,11 +549,14 @@ def main() -> None:
     p.add_argument("--busy-retries", type=int, default=2,
                    help="redo a timing up to this many times when other processes used over 3%% of the machine's "
                         "CPU time or the hypervisor stole over 1%%")
+    p.add_argument("--redo-budget", type=float, default=60.0,
+                   help="seconds a run may spend in total on redoing disturbed timings")
     p.add_argument("--profile", action="store_true", help="also cProfile the cached variant's main thread (stderr)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON object")
     args = p.parse_args()
     if min(args.repeats, args.rounds, args.steps, args.pool) < 1 or min(args.warmup, args.busy_retries) < 0:
         p.error("--repeats, --rounds, --steps and --pool must be >= 1; --warmup and --busy-retries >= 0")
+    REDO_BUDGET["seconds_left"] = args.redo_budget
     end = cpu_window()
     res = run(args)
     w = end()

@@ -72,7 +72,8 @@ class ViewReplayer:
 
 
 def _to_torch(out: object, device: torch.device) -> torch.Tensor:
-    """A dense DALI TensorList as a torch tensor on ``device`` (DLPack on GPU, zero-copy numpy on CPU)."""
+    """A dense DALI TensorList as a torch tensor on ``device`` (DLPack on GPU; on CPU ``as_array`` copies,
+    so the tensor stays valid after the pipeline runs again, which prefetching relies on)."""
     if device.type == "cuda":
         return torch.from_dlpack(out.as_tensor())  # type: ignore[attr-defined]
     return torch.from_numpy(out.as_array())  # type: ignore[attr-defined]
