@@ -73,10 +73,9 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 for chunk in todo:
                     idx = np.arange(chunk.start, chunk.stop)
                     params = sample_params(policy, idx, chunk.view, source.sizes_of(idx))
-                    row = {i: p for i, p in zip(idx, params)}
                     logits = np.empty((len(idx), meta["num_classes"]), dtype=np.float32)
                     parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))
-                    for b in stream(source, parts, replayer, lambda ix: np.stack([row[i] for i in ix])):
+                    for b in stream(source, parts, replayer, lambda ix, c=chunk, p=params: p[ix - c.start]):
                         logits[b.indices - chunk.start] = teacher(b.inputs[0]).float().cpu().numpy()
                     store.write_chunk(chunk, logits, params)
                     bar.advance(task)
