@@ -1,4 +1,4 @@
-"""Stage-2 (and stage-1) training throughput: cached teacher logits vs online teacher vs the student alone.
+"""Stage-2 training throughput: cached teacher logits vs online teacher vs the student alone.
 
 All variants run in one process, on the same data, student model object, batch size and objective
 (AdaptConf, from ``configs/fmnist/student_adaptconf.yaml``):
@@ -9,8 +9,9 @@ All variants run in one process, on the same data, student model object, batch s
 (c) ``limit``   the same student step on preloaded tensors (real replayed batches, random float16
     teacher logits): no data loading at all. The ceiling for (a) and (b).
 (d) ``loader``  ``stream()`` of the cached variant with no training (diagnostic).
-Cross-check: ``Trainer._train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online.
-Stage 1: ``pipeline.infer_teacher.infer`` end to end vs the teacher's forward on preloaded tensors.
+Cross-check: ``Trainer._train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online,
+with its ``store_read_s`` metric: the time to read and verify the epoch's view from the store.
+Stage 1 has its own script, ``bench/stage1_throughput.py``.
 
 Model, optimizer, scheduler, objective, replayers, teacher and store handle come from real
 ``pipeline.train_student.Trainer`` objects (``_prepare()``, store and online mode); the per-step
@@ -20,7 +21,7 @@ bookkeeping), so (a), (b) and (c) differ only in where the batch and the teacher
 (a), (b) and (c) keep their batch iterators open for the whole measurement and are timed in
 alternating slices of ``--steps`` steps (``--rounds`` of them), so that a machine whose speed
 drifts, or another process that wakes up, hits every variant alike; ratios are medians of the
-per-round ratios. A slice during which other processes used more than 5% of the CPUs is redone.
+per-round ratios. A slice during which other processes used more than 3% of the CPUs is redone.
 
 Run: ``.venv/bin/python bench/stage2_throughput.py [--rounds 8 --steps 20 --threads 2 ...]``.
 Prints a JSON object (stdout) and a markdown table (stdout, after the JSON).
@@ -31,9 +32,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,13 +40,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from rich.console import Console
 
+from bench.common import (
+    PAIRS,
+    REDO_BUDGET,
+    clean,
+    cpu_window,
+    machine,
+    machine_line,
+    noisy,
+)
 from pipeline.checkpoint import save_model
 from pipeline.config import Config, load_config
 from pipeline.infer_teacher import infer
@@ -57,24 +63,21 @@ from pipeline.models import create
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record
 from pipeline.train_student import Trainer
-from store.soft_label_store import SoftLabelStore
 
-RECIPE = ROOT / "configs" / "fmnist" / "student_adaptconf.yaml"
 QUIET = Console(quiet=True)
-# a timing is redone when other processes used more than BUSY of the machine's CPU time, or the
-# hypervisor stole more than STEAL of it: on 2 cores, a stolen slice stalls both OpenMP threads
-BUSY, STEAL = 0.03, 0.01
 
 
 # -- setup ---------------------------------------------------------------------------------------
 def base_config(args: argparse.Namespace, tmp: Path, mode: str, store: Path, samples: int = 0) -> Config:
-    """The adaptconf student recipe on the first ``--samples`` images of its training half."""
-    return load_config(RECIPE, [
+    """The pair's adaptconf student recipe on the first ``--samples`` images of its training set."""
+    pair = PAIRS[args.pair]
+    return load_config(pair.student_recipe, [
+        *pair.overrides, *pair.data_overrides(tmp),
         f"data.limit={samples or args.samples}", f"data.test_limit={args.test_limit}",
         f"model.name={args.student}",
         f"teacher.checkpoint={tmp / 'teacher'}", f"teacher.store={store}", f"teacher.mode={mode}",
         f"teacher.batch_size={args.infer_batch_size or args.batch_size}",
-        f"optim.batch_size={args.batch_size}",
+        f"optim.batch_size={args.batch_size}", "optim.batch_per_process=0",
         f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / ('run_' + mode)}",
     ])
 
@@ -84,10 +87,11 @@ def make_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if args.train_teacher:
         from pipeline.train_student import train
 
-        cfg = load_config(ROOT / "configs" / "fmnist" / "teacher_linear.yaml", [
-            "data.subset=half_b", f"data.limit={args.samples}", f"data.test_limit={args.test_limit}",
+        pair = PAIRS[args.pair]
+        cfg = load_config(pair.teacher_recipe, [
+            *pair.overrides, *pair.data_overrides(tmp), *pair.teacher_overrides, f"data.limit={args.samples}", f"data.test_limit={args.test_limit}",
             f"model.name={args.teacher}", "optim.epochs=1", f"optim.batch_size={args.batch_size}",
-            f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / 'teacher'}"])
+            "optim.batch_per_process=0", f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / 'teacher'}"])
         t0 = time.perf_counter()
         result = train(cfg, role="teacher", console=QUIET)
         return {"trained_epochs": 1, "test_acc": result["test_acc"], "train_s": time.perf_counter() - t0}
@@ -200,96 +204,9 @@ class Timed:
         self.batches.close()  # type: ignore[attr-defined]  # stops stream()'s prefetch thread
 
 
-def noisy(r: dict[str, Any]) -> bool:
-    """Whether other processes or the hypervisor took enough CPU during a timing to distort it."""
-    return r["foreign_cpu_fraction"] > BUSY or r["steal_fraction"] > STEAL
-
-
-REDO_BUDGET = {"seconds_left": 60.0}  # total time a run may spend redoing disturbed timings (--redo-budget)
-
-
-def clean(fn: Callable[[], dict[str, Any]], retries: int) -> tuple[dict[str, Any], int]:
-    """``fn()``, redone up to ``retries`` times while the machine was busy with others, as long as the
-    run's redo budget lasts; (result, redos)."""
-    r, redo = fn(), 0
-    while noisy(r) and redo < retries and REDO_BUDGET["seconds_left"] > 0:
-        redo += 1
-        t0 = time.perf_counter()
-        time.sleep(0.5)
-        r = fn()
-        REDO_BUDGET["seconds_left"] -= time.perf_counter() - t0
-    return r, redo
-
-
-def cpu_window() -> Callable[[], dict[str, float]]:
-    """Start a window; calling the result ends it: wall seconds, own CPU seconds, and the shares of
-    the machine's CPU time used by other processes and stolen by the hypervisor."""
-    (busy0, steal0), own0, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-
-    def end() -> dict[str, float]:
-        dt = time.perf_counter() - t0
-        own = _own_cpu_s() - own0
-        busy1, steal1 = _busy_cpu_s()
-        capacity = dt * (os.cpu_count() or 1)
-        return {"seconds": dt, "cpu_s": own, "foreign_cpu_fraction": max(0.0, busy1 - busy0 - own) / capacity,
-                "steal_fraction": (steal1 - steal0) / capacity}
-    return end
-
-
-def teacher_only(model: torch.nn.Module, x: torch.Tensor, min_seconds: float, device: torch.device) -> dict[str, float]:
-    """Teacher forward (no_grad, eval) on a preloaded batch, repeated for at least ``min_seconds``."""
-    with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        sync(device)
-        n, end = 0, cpu_window()
-        t0 = time.perf_counter()
-        while True:
-            for _ in range(20):
-                model(x)
-            n += 20
-            sync(device)
-            if time.perf_counter() - t0 >= min_seconds:
-                break
-        w = end()
-    return {"images_per_s": n * len(x) / w["seconds"], "seconds": w["seconds"],
-            "foreign_cpu_fraction": w["foreign_cpu_fraction"], "steal_fraction": w["steal_fraction"]}
-
-
 # -- report --------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    quota = None
-    try:
-        q, p = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        quota = None if q == "max" else int(q) / int(p)
-    except (OSError, ValueError):
-        pass
-    import timm
-    import zarr
-    from nvidia import dali
-
-    info = {"cpu_model": cpu, "cpu_count": os.cpu_count(), "cpus_available": len(os.sched_getaffinity(0)),
-            "cgroup_cpu_quota": quota, "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "dali": dali.__version__,
-            "timm": timm.__version__, "zarr": zarr.__version__, "numpy": np.__version__,
-            "loadavg_1min_at_start": os.getloadavg()[0]}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def table(res: dict[str, Any]) -> str:
-    v, s1, q, a = res["variants"], res["stage1"], res["ratios"], res["args"]
-    t1 = s1["teacher_only"]["images_per_s"]
+    v, q, a = res["variants"], res["ratios"], res["args"]
 
     def row(name: str, r: dict[str, Any], ratio: str, note: str = "") -> str:
         wf, cpu = r.get("wait_fraction"), r.get("cpu_s_per_step")
@@ -298,7 +215,7 @@ def table(res: dict[str, Any]) -> str:
 
     te = res["trainer_epoch"]
     lines = [(f"stage 2: student `{a['student']}`, teacher `{a['teacher']}`, batch {a['batch_size']}, "
-              f"{a['samples']} Fashion-MNIST images, {a['threads']} threads, device {a['device']}; "
+              f"{a['samples']} {PAIRS[a['pair']].dataset} images, {a['threads']} threads, device {a['device']}; "
               f"medians of {a['rounds']} rounds of alternating {a['steps']}-step slices"),
              "", "| variant | images/s | vs limit | data-wait fraction | process CPU ms/step | note |",
              "|---|---:|---:|---:|---:|---|",
@@ -314,23 +231,15 @@ def table(res: dict[str, Any]) -> str:
              row("Trainer._train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
                  f"one epoch ({te['online']['steps']} steps), the real loop"),
              "",
-             (f"stage 1: teacher `{a['teacher']}`, {s1['images']} views ({s1['samples']} samples x {s1['views']} views), "
-              f"batch {s1['batch_size']}, median of {a['repeats']}"),
-             "", "| variant | images/s | vs teacher-only | note |", "|---|---:|---:|---|",
-             (f"| infer-teacher end to end (`infer()`) | {s1['infer']['images_per_s']:,.0f} | "
-              f"{q['stage1/teacher_only']:.4f} | {s1['infer']['seconds']:.2f} s; with one batch of samples it takes "
-              f"{s1['infer_one_batch']['seconds']:.2f} s |"),
-             (f"| infer-teacher marginal (the difference) | {s1['infer_marginal_images_per_s']:,.0f} | "
-              f"{q['stage1_marginal/teacher_only']:.4f} | the chunk loop without the fixed costs |"),
-             f"| teacher forward on a preloaded batch | {t1:,.0f} | 1.0000 | |",
-             "", "machine: " + ", ".join(f"{k} {res['machine'].get(k)}" for k in
-                                         ("cpu_model", "cpus_available", "cgroup_cpu_quota", "torch", "dali")),
+             (f"store read per epoch (`store_read_s`, the epoch's view read and checksum-verified): "
+              f"{1e3 * te['store']['store_read_s']:.1f} ms of a {te['store']['seconds']:.2f} s epoch "
+              f"({100 * q['store_read/epoch']:.2f}%); both grow with the number of samples"),
+             "", machine_line(res["machine"]),
              (f"during the whole run other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU "
               f"time and the hypervisor stole {100 * res['steal_fraction']:.1f}%; {res['busy_redos']} disturbed timings "
               "were redone")]
     bad = ([n for n in ("cached", "online") if res["clean_rounds"][n] < a["rounds"] // 2]
            + [n for n in ("loader",) if v[n]["noisy_runs"] == len(v[n]["runs"])]
-           + (["stage 1"] if s1["noisy_runs"] else []) + (["teacher-only"] if noisy(s1["teacher_only"]) else [])
            + [f"Trainer {n}" for n, x in te.items() if noisy(x)])
     if bad:
         lines.append(f"WARNING: other processes or the hypervisor took CPU time during the timings of {', '.join(bad)}, "
@@ -339,46 +248,6 @@ def table(res: dict[str, Any]) -> str:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def timed_infer(cfg: Config) -> dict[str, Any]:
-    end = cpu_window()
-    summary = infer(cfg, console=QUIET)
-    return {**end(), "summary": summary}
-
-
-def stage1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """``infer()`` end to end on ``--samples`` images and on one batch of images, each repeat into fresh stores.
-
-    The small run costs what ``infer()`` pays whatever the size (reading and fingerprinting the
-    dataset, loading the teacher, building the DALI pipeline, creating and finalizing the store),
-    so the difference of the two gives the per-image (marginal) rate of the chunk loop.
-    """
-    big: list[dict[str, Any]] = []
-    small: list[dict[str, Any]] = []
-    n_small = min(args.infer_batch_size or args.batch_size, args.samples)
-    stores = itertools.count()
-    redos = 0
-    for _ in range(args.repeats):
-        for runs, n in ((big, args.samples), (small, n_small)):
-            r, k = clean(lambda n=n: timed_infer(base_config(args, tmp, "store", tmp / f"store_{next(stores)}",  # type: ignore[misc]
-                                                             samples=n)), args.busy_retries)
-            runs.append(r)
-            redos += k
-    summary = big[0].pop("summary")
-    for r in big + small:
-        r.pop("summary", None)
-    views = len(summary["teacher_accuracy"])
-    n_big = SoftLabelStore.open(tmp / "store_0").num_samples
-    wall_big = statistics.median(r["seconds"] for r in big)
-    wall_small = statistics.median(r["seconds"] for r in small)
-    return {"samples": n_big, "views": views, "images": n_big * views,
-            "batch_size": args.infer_batch_size or args.batch_size,
-            "infer": {"images_per_s": n_big * views / wall_big, "seconds": wall_big, "runs": big},
-            "infer_one_batch": {"seconds": wall_small, "samples": n_small, "runs": small},
-            "infer_marginal_images_per_s": (n_big - n_small) * views / max(wall_big - wall_small, 1e-9),
-            "teacher_accuracy_per_view": summary["teacher_accuracy"],
-            "noisy_runs": sum(noisy(r) for r in big + small), "busy_redos": redos}
-
-
 def stage2(args: argparse.Namespace, tr_store: Trainer, tr_online: Trainer) -> dict[str, Any]:
     """(a), (b), (c) in alternating slices with their iterators kept open; then (d) on its own."""
     device = tr_store.device
@@ -431,7 +300,8 @@ def trainer_epoch(tr: Trainer) -> dict[str, Any]:
     """One epoch of ``Trainer._train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
     end = cpu_window()
     row = tr._train_epoch(1)
-    return {"images_per_s": row["images_per_s"], "seconds": row["epoch_s"], "steps": tr.steps_per_epoch, **{
+    return {"images_per_s": row["images_per_s"], "seconds": row["epoch_s"], "steps": tr.steps_per_epoch,
+            "store_read_s": row.get("store_read_s"), **{
         k: v for k, v in end().items() if k in ("foreign_cpu_fraction", "steal_fraction")}}
 
 
@@ -440,25 +310,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"args": vars(args), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="w2s-bench-") as tmpdir:
         tmp = Path(tmpdir)
+        PAIRS[args.pair].prepare(tmp, args.samples, args.test_limit)
         res["teacher"] = make_teacher(args, tmp)
-        res["stage1"] = stage1(args, tmp)
-        store_path = tmp / "store_0"
+        store_path = tmp / "store"
+        infer(base_config(args, tmp, "store", store_path), console=QUIET)
 
         # stage 2: real trainers (store mode, online mode)
         tr_store = prepared_trainer(base_config(args, tmp, "store", store_path))
         tr_online = prepared_trainer(base_config(args, tmp, "online", store_path))
-        device = tr_store.device
         res["variants"] = stage2(args, tr_store, tr_online)
-        res["busy_redos"] = res["variants"].pop("busy_redos") + res["stage1"].pop("busy_redos")
-
-        # stage 1's limit: the teacher's forward on a preloaded batch of its own (teacher-normalized) views
-        gen = trainer_batches(tr_online)
-        views = [next(gen)[2].inputs[1] for _ in range(math.ceil(res["stage1"]["batch_size"] / args.batch_size))]
-        gen.close()
-        x_teacher = torch.cat(views)[:res["stage1"]["batch_size"]].clone()
-        res["stage1"]["teacher_only"], n = clean(lambda: teacher_only(tr_online.teacher.model, x_teacher,  # type: ignore[union-attr,arg-type]
-                                                                      args.min_seconds, device), args.busy_retries)
-        res["busy_redos"] += n
+        res["busy_redos"] = res["variants"].pop("busy_redos")
 
         # cross-check: the Trainer's own epoch loop and its images_per_s metric
         res["trainer_epoch"] = {}
@@ -469,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             res["profile"] = profile_cached(tr_store, args)
 
-    v, s1 = res["variants"], res["stage1"]
+    v = res["variants"]
     lim = v["limit"]["images_per_s"]
 
     def pairs(a: str) -> list[tuple[dict[str, float], dict[str, float]]]:
@@ -488,8 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "online/cached": paired("online") / paired("cached"),
                      "trainer_store/limit": res["trainer_epoch"]["store"]["images_per_s"] / lim,
                      "trainer_online/limit": res["trainer_epoch"]["online"]["images_per_s"] / lim,
-                     "stage1/teacher_only": s1["infer"]["images_per_s"] / s1["teacher_only"]["images_per_s"],
-                     "stage1_marginal/teacher_only": s1["infer_marginal_images_per_s"] / s1["teacher_only"]["images_per_s"]}
+                     "store_read/epoch": res["trainer_epoch"]["store"]["store_read_s"] / res["trainer_epoch"]["store"]["seconds"]}
     return res
 
 
@@ -513,38 +373,24 @@ def profile_cached(tr: Trainer, args: argparse.Namespace) -> str:
     return out.getvalue()
 
 
-def _busy_cpu_s() -> tuple[float, float]:
-    """CPU seconds of the whole machine: busy (user+nice+system+irq+softirq) and stolen by the hypervisor."""
-    try:
-        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f[:8])
-        tick = os.sysconf("SC_CLK_TCK")
-        return (user + nice + system + irq + softirq) / tick, steal / tick
-    except (OSError, ValueError):
-        return 0.0, 0.0
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per slice (stage 2)")
+    p.add_argument("--pair", default="fmnist", choices=sorted(PAIRS),
+                   help="fmnist: the demo's fmnist_cnn <- fmnist_linear; cifar: cifar_resnet56 <- cifar_resnet20 "
+                        "(CIFAR-100 recipe, random 32x32 pixels)")
+    p.add_argument("--batch-size", type=int, default=0, help="student batch (default: the pair's, 128 / 64)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per slice (default: the pair's, 20 / 6)")
     p.add_argument("--rounds", type=int, default=8, help="rounds of alternating slices of (a), (b), (c); medians are reported")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps before the first slice of each variant")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of stage 1 and of (d); the median is reported")
-    p.add_argument("--samples", type=int, default=4096, help="Fashion-MNIST training images used (stage 1 and 2)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of (d); the median is reported")
+    p.add_argument("--samples", type=int, default=0, help="training images (default: the pair's, 4096 / 1024)")
     p.add_argument("--test-limit", type=int, default=512, help="test images (only for the Trainer's set-up)")
-    p.add_argument("--teacher", default="fmnist_linear", choices=["fmnist_linear", "fmnist_mlp"])
-    p.add_argument("--student", default="fmnist_cnn")
+    p.add_argument("--teacher", default="", help="teacher model (default: the pair's)")
+    p.add_argument("--student", default="", help="student model (default: the pair's)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads and DALI threads (run.num_threads)")
     p.add_argument("--device", default="cpu", help="run.device: cpu or cuda[:N]")
-    p.add_argument("--infer-batch-size", type=int, default=0, help="stage-1 batch (default: --batch-size)")
+    p.add_argument("--infer-batch-size", type=int, default=0, help="teacher.batch_size when writing the store (default: --batch-size)")
     p.add_argument("--pool", type=int, default=8, help="preloaded batches cycled by the limit variant")
-    p.add_argument("--min-seconds", type=float, default=0.5, help="minimum timing window of the teacher-only loop")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher 1 epoch instead of leaving it untrained")
     p.add_argument("--busy-retries", type=int, default=2,
                    help="redo a timing up to this many times when other processes used over 3%% of the machine's "
@@ -554,6 +400,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also cProfile the cached variant's main thread (stderr)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON object")
     args = p.parse_args()
+    pair = PAIRS[args.pair]
+    args.batch_size = args.batch_size or pair.batch_size
+    args.steps = args.steps or pair.steps
+    args.samples = args.samples or pair.samples
+    args.teacher, args.student = args.teacher or pair.teacher, args.student or pair.student
     if min(args.repeats, args.rounds, args.steps, args.pool) < 1 or min(args.warmup, args.busy_retries) < 0:
         p.error("--repeats, --rounds, --steps and --pool must be >= 1; --warmup and --busy-retries >= 0")
     REDO_BUDGET["seconds_left"] = args.redo_budget

@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from pipeline.pretrained import load_teacher
 from pipeline.config import Config, TeacherConfig
 from pipeline.loader import ViewReplayer, crop_size_for, stream
+from pipeline.pretrained import load_teacher
 from pipeline.runtime import RunError, barrier, main_lock, setup
+from pipeline.sources.base import Source
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record, teacher_spec, view_policy
-from pipeline.views import PARAM_DIM, sample_params
+from pipeline.views import PARAM_DIM, ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore
 
 
@@ -69,16 +76,11 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         with Progress(TextColumn("infer-teacher"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("", total=len(todo))
-            with torch.no_grad():
-                for chunk in todo:
-                    idx = np.arange(chunk.start, chunk.stop)
-                    params = sample_params(policy, idx, chunk.view, source.sizes_of(idx))
-                    logits = np.empty((len(idx), meta["num_classes"]), dtype=np.float32)
-                    parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))
-                    for b in stream(source, parts, replayer, lambda ix, c=chunk, p=params: p[ix - c.start]):
-                        logits[b.indices - chunk.start] = teacher(b.inputs[0]).float().cpu().numpy()
-                    store.write_chunk(chunk, logits, params)
-                    bar.advance(task)
+            for chunk in todo:
+                logits, params = chunk_logits(teacher, source, replayer, policy, chunk.start, chunk.stop, chunk.view,
+                                              meta["num_classes"])
+                store.write_chunk(chunk, logits, params)
+                bar.advance(task)
         barrier(info)
         accuracy = view_accuracy(store)
         if info.is_main:
@@ -87,6 +89,19 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     console.print(f"wrote {len(missing)} chunks to {path} ({len(todo)} by this process); teacher accuracy per view: "
                   + ", ".join(f"{a:.4f}" for a in accuracy))
     return {"store": str(path), "computed_chunks": len(missing), "teacher_accuracy": accuracy}
+
+
+def chunk_logits(teacher: torch.nn.Module, source: Source, replayer: ViewReplayer, policy: ViewPolicy,
+                 start: int, stop: int, view: int, num_classes: int, prefetch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's float32 logits ``[n, C]`` on view ``view`` of samples ``start:stop``, and that view's params."""
+    idx = np.arange(start, stop)
+    params = sample_params(policy, idx, view, source.sizes_of(idx))
+    logits = np.empty((len(idx), num_classes), dtype=np.float32)
+    parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))
+    with torch.no_grad():
+        for b in stream(source, parts, replayer, lambda ix: params[ix - start], prefetch=prefetch):
+            logits[b.indices - start] = teacher(b.inputs[0]).float().cpu().numpy()
+    return logits, params
 
 
 def _lock_dir(store: str) -> Path:

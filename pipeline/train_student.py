@@ -43,7 +43,8 @@ from pipeline.views import ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
-               "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s")
+               "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
+               "store_read_s")
 WEIGHT_BINS = np.linspace(0.0, 0.5, 11)  # AdaptConf's beta lies in (0, 0.5]
 TEACHER_MODES = ("store", "online")
 AMP_MODES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -265,12 +266,13 @@ class Trainer:
         if epoch > 0 and self.augment.active:
             self.train_replayer = self._train_replayer(epoch)
         random.seed(hash((cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
+        start = time.perf_counter()
         params_of, logits_of = self._epoch_sources(epoch)
+        read_s = time.perf_counter() - start
         order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
         batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
         self.model.train()
         sums = np.zeros(9 + len(WEIGHT_BINS) - 1)  # loss gt kd align weight correct agree n steps | beta histogram
-        start = time.perf_counter()
         num_updates = epoch * self.steps_per_epoch
         with _progress(self.console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches))
@@ -296,6 +298,8 @@ class Trainer:
                                  "gt": s[1] / n, "train_acc": s[5] / n, "images_per_s": n / elapsed, "epoch_s": elapsed}
         if t is not None:
             row.update(kd=s[2] / n, align=s[3] / n, train_agreement=s[6] / n)
+        if t is not None and t.mode == "store":
+            row["store_read_s"] = read_s
         if self.objective.name in ("augconf", "adaptconf"):
             row["weight_mean"] = s[4] / n
         if self.objective.name == "adaptconf":

@@ -71,6 +71,7 @@ def test_end_to_end_under_a_minute(pipeline_run):
                 "test_agreement", "images_per_s"):
         assert key in rows[0], key
     assert 0 < rows[0]["weight_mean"] <= 0.5
+    assert all(0 < r["store_read_s"] < r["epoch_s"] for r in rows)  # reading the view is part of the epoch
     store = SoftLabelStore.open(out / "store")
     assert store.group["logits"].dtype == np.float16 and store.group["logits"].shape == (2000, 3, 10)
     assert store.attrs["teacher"]["sha256"] and store.attrs["dataset"]["fingerprint"]

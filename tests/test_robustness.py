@@ -74,7 +74,7 @@ def _weights(run: Path) -> dict[str, np.ndarray]:
 def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("images_per_s"), r.pop("epoch_s")
+        r.pop("images_per_s"), r.pop("epoch_s"), r.pop("store_read_s", None)
     return rows
 
 
