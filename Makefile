@@ -28,7 +28,10 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) bench/stage2_throughput.py
+	$(PY) bench/stage2_throughput.py --pair fmnist
+	$(PY) bench/stage2_throughput.py --pair cifar
+	$(PY) bench/stage1_throughput.py --pair cifar
+	$(PY) bench/sweep_amortization.py --pair cifar
 
 clean:
 	rm -rf runs .pytest_cache
