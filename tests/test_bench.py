@@ -1,0 +1,67 @@
+"""The benchmark scripts run end to end on tiny settings and report consistent figures.
+
+Speed itself is not checked here (that is what the scripts are for); these tests keep the
+scripts working as the pipeline changes.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.sources.fashion_mnist import DEBIAN_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str) -> tuple[dict[str, Any], str]:
+    """Run ``bench/SCRIPT ARGS``; its JSON object and the markdown that follows it."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    end = proc.stdout.index("\n}\n") + 2
+    return json.loads(proc.stdout[:end]), proc.stdout[end:]
+
+
+def test_stage1_bench_cifar_pair() -> None:
+    res, table = bench("stage1_throughput.py", "--pair", "cifar", "--samples", "64", "--rounds", "1",
+                       "--infer-batch-size", "32", "--busy-retries", "0")
+    assert (res["samples"], res["views"], res["batch_size"]) == (64, 17, 32)
+    for key in ("infer", "chunk_loop"):
+        r = res[key]
+        assert r["images_per_s"] > 0 and r["limit_images_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["images_per_s"] / r["limit_images_per_s"])
+    assert res["machine"]["cpus_available"] >= 1
+    assert "`infer()` end to end" in table and "cifar_resnet20" in table
+
+
+def test_sweep_bench_cifar_pair() -> None:
+    res, table = bench("sweep_amortization.py", "--pair", "cifar", "--samples", "64", "--epochs", "1", "--views", "1",
+                       "--repeats", "1", "--objectives", "kd,adaptconf", "--test-limit", "32")
+    t = res["timings"]
+    assert len(t["cached"]) == len(t["online"]) == len(t["teacher"]) == 2 and len(t["stage1"]) == 1
+    assert [r["objective"] for r in t["cached"]] == ["kd", "adaptconf"]
+    assert res["cached_s"] == pytest.approx(res["stage1_s"] + res["cached_runs_s"])
+    assert res["saving"] == pytest.approx(1 - res["cached_s"] / res["online_s"])
+    assert 0 < res["teacher_share"] < 1
+    assert res["views_over_runs_x_epochs"] == pytest.approx(2 / 2)
+    assert res["bar_met"] == (res["saving"] >= res["teacher_share"])
+    assert "cached: infer-teacher once" in table
+
+
+@pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
+def test_stage2_bench_fmnist_pair() -> None:
+    res, table = bench("stage2_throughput.py", "--pair", "fmnist", "--samples", "512", "--rounds", "1", "--steps", "2",
+                       "--warmup", "1", "--repeats", "1", "--pool", "2", "--busy-retries", "0")
+    v, q = res["variants"], res["ratios"]
+    for name in ("cached", "online", "limit", "loader"):
+        assert v[name]["images_per_s"] > 0 and len(v[name]["runs"]) == 1
+    assert q["cached/limit"] == pytest.approx(v["cached"]["runs"][0]["images_per_s"] / v["limit"]["runs"][0]["images_per_s"])
+    store_epoch = res["trainer_epoch"]["store"]
+    assert 0 < store_epoch["store_read_s"] < store_epoch["seconds"]
+    assert res["trainer_epoch"]["online"]["store_read_s"] is None  # no store read in online mode
+    assert "store read per epoch" in table
