@@ -35,6 +35,8 @@ class Pair:
     batch_size: int
     samples: int
     steps: int  # timed steps per slice in the stage-2 benchmark (a slice lasts a few seconds)
+    full_samples: int  # training images of the real recipe (for the full-size store read)
+    num_classes: int
     overrides: tuple[str, ...] = ()  # for every config of the pair (CPU-friendly settings)
     teacher_overrides: tuple[str, ...] = ()  # for the teacher's own training run (--train-teacher)
     generated: bool = False  # random images in the dataset's on-disk format, written to the temp dir
@@ -54,13 +56,13 @@ class Pair:
 PAIRS = {
     "fmnist": Pair("Fashion-MNIST", "fmnist_linear", "fmnist_cnn",
                    ROOT / "configs" / "fmnist" / "student_adaptconf.yaml",
-                   ROOT / "configs" / "fmnist" / "teacher_linear.yaml", 128, 4096, 20,
+                   ROOT / "configs" / "fmnist" / "teacher_linear.yaml", 128, 4096, 20, 30_000, 10,
                    teacher_overrides=("data.subset=half_b",)),
     # the paper's CIFAR-100 row on random 32x32 pixels in CIFAR's pickle format (no real CIFAR here);
     # throughput does not depend on pixel values. AMP and channels_last are off: CPU float32.
     "cifar": Pair("CIFAR-100 (random pixels)", "cifar_resnet20", "cifar_resnet56",
                   ROOT / "configs" / "cifar100" / "res56_res20_adaptconf.yaml",
-                  ROOT / "configs" / "cifar100" / "teacher_resnet20.yaml", 64, 1024, 6,
+                  ROOT / "configs" / "cifar100" / "teacher_resnet20.yaml", 64, 1024, 6, 50_000, 100,
                   overrides=("run.amp=none", "run.channels_last=false"), generated=True),
 }
 

@@ -63,6 +63,8 @@ from pipeline.models import create
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record
 from pipeline.train_student import Trainer
+from pipeline.views import PARAM_DIM
+from store.soft_label_store import SoftLabelStore
 
 QUIET = Console(quiet=True)
 
@@ -233,7 +235,11 @@ def table(res: dict[str, Any]) -> str:
              "",
              (f"store read per epoch (`store_read_s`, the epoch's view read and checksum-verified): "
               f"{1e3 * te['store']['store_read_s']:.1f} ms of a {te['store']['seconds']:.2f} s epoch "
-              f"({100 * q['store_read/epoch']:.2f}%); both grow with the number of samples"),
+              f"({100 * q['store_read/epoch']:.2f}%). At the recipe's full size ({res['full_size_read']['samples']:,} x "
+              f"{res['full_size_read']['classes']} float16 logits per view) reading a view takes "
+              f"{1e3 * res['full_size_read']['seconds']:.0f} ms, against an epoch of "
+              f"{res['full_size_read']['samples'] / v['limit']['images_per_s']:.0f} s at the limit's speed "
+              f"({100 * q['full_size_read/epoch_at_limit']:.2f}%)"),
              "", machine_line(res["machine"]),
              (f"during the whole run other processes used {100 * res['foreign_cpu_fraction']:.1f}% of the machine's CPU "
               f"time and the hypervisor stole {100 * res['steal_fraction']:.1f}%; {res['busy_redos']} disturbed timings "
@@ -296,6 +302,27 @@ def stage2(args: argparse.Namespace, tr_store: Trainer, tr_online: Trainer) -> d
     return out
 
 
+def full_size_read(args: argparse.Namespace, tmp: Path, repeats: int = 3) -> dict[str, Any]:
+    """``read_view(verify=True)`` (what each epoch starts with) on a store of the recipe's full size
+    (random float16 logits, 2 views); median of ``repeats``."""
+    pair = PAIRS[args.pair]
+    n, c = pair.full_samples, pair.num_classes
+    store = SoftLabelStore.create(tmp / "full_size_store", num_samples=n, num_views=2, num_classes=c, param_dim=PARAM_DIM,
+                                  chunk_samples=4096, labels=np.zeros(n, dtype=np.int64), attrs={})
+    rng = np.random.default_rng(0)
+    for chunk in store.chunks():
+        rows = chunk.stop - chunk.start
+        store.write_chunk(chunk, 3 * rng.standard_normal((rows, c), dtype=np.float32),
+                          rng.random((rows, PARAM_DIM), dtype=np.float32))
+    store.finalize([0.0, 0.0])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        SoftLabelStore.open(tmp / "full_size_store").read_view(1, verify=True)
+        times.append(time.perf_counter() - t0)
+    return {"samples": n, "classes": c, "seconds": statistics.median(times), "runs": times}
+
+
 def trainer_epoch(tr: Trainer) -> dict[str, Any]:
     """One epoch of ``Trainer._train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
     end = cpu_window()
@@ -327,6 +354,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["trainer_epoch"][name], n = clean(lambda tr=tr: trainer_epoch(tr), args.busy_retries)  # type: ignore[misc]
             res["busy_redos"] += n
 
+        res["full_size_read"] = full_size_read(args, tmp)
+
         if args.profile:
             res["profile"] = profile_cached(tr_store, args)
 
@@ -349,6 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "online/cached": paired("online") / paired("cached"),
                      "trainer_store/limit": res["trainer_epoch"]["store"]["images_per_s"] / lim,
                      "trainer_online/limit": res["trainer_epoch"]["online"]["images_per_s"] / lim,
+                     "full_size_read/epoch_at_limit": res["full_size_read"]["seconds"] * lim / res["full_size_read"]["samples"],
                      "store_read/epoch": res["trainer_epoch"]["store"]["store_read_s"] / res["trainer_epoch"]["store"]["seconds"]}
     return res
 

@@ -19,7 +19,7 @@ point and one repeat to the next; a variant's sweep time is the sum of its runs 
 for the cached one), averaged over ``--repeats``. Each run is ``sweep()`` with a one-value grid,
 the code path of every run of a full sweep.
 
-Run: ``.venv/bin/python bench/sweep_amortization.py [--pair cifar --epochs 6 --views 2]``.
+Run: ``.venv/bin/python bench/sweep_amortization.py [--pair cifar --epochs 10 --views 1 --repeats 2]``.
 Prints a JSON object, then a markdown table.
 """
 from __future__ import annotations
@@ -174,10 +174,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pair", default="cifar", choices=sorted(PAIRS))
     p.add_argument("--objectives", default="kd,augconf,adaptconf", help="the grid: one run per objective")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--views", type=int, default=2, help="views.num_views: augmented views in the store (+1 fixed)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--views", type=int, default=1, help="views.num_views: augmented views in the store (+1 fixed)")
     p.add_argument("--samples", type=int, default=256, help="training images")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the whole comparison")
+    p.add_argument("--repeats", type=int, default=2, help="repeats of the whole comparison")
     p.add_argument("--test-limit", type=int, default=128)
     p.add_argument("--infer-batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
