@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: the model pairs they measure, CPU-time windows that detect
-other processes' interference, and a description of the machine."""
+"""What the benchmark scripts share: the model pairs they measure, their configs and teacher, CPU-time
+windows that detect other processes' interference, and a description of the machine."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import sys
@@ -17,6 +19,13 @@ if str(ROOT) not in sys.path:
 
 import numpy as np
 import torch
+from rich.console import Console
+
+from pipeline.checkpoint import save_model
+from pipeline.config import Config, load_config
+from pipeline.models import create
+from pipeline.sources.registry import train_and_test
+from pipeline.specs import dataset_record
 
 # a timing is redone when other processes used more than BUSY of the machine's CPU time, or the
 # hypervisor stole more than STEAL of it: on 2 cores, a stolen slice stalls both OpenMP threads
@@ -65,6 +74,58 @@ PAIRS = {
                   ROOT / "configs" / "cifar100" / "teacher_resnet20.yaml", 64, 1024, 6, 50_000, 100,
                   overrides=("run.amp=none", "run.channels_last=false"), generated=True),
 }
+
+
+QUIET = Console(quiet=True)
+
+
+def base_config(args: argparse.Namespace, tmp: Path, mode: str, store: Path, samples: int = 0) -> Config:
+    """The pair's adaptconf student recipe on the first ``--samples`` images of its training set."""
+    pair = PAIRS[args.pair]
+    return load_config(pair.student_recipe, [
+        *pair.overrides, *pair.data_overrides(tmp),
+        f"data.limit={samples or args.samples}", f"data.test_limit={args.test_limit}",
+        f"model.name={args.student}",
+        f"teacher.checkpoint={tmp / 'teacher'}", f"teacher.store={store}", f"teacher.mode={mode}",
+        f"teacher.batch_size={args.infer_batch_size or args.batch_size}",
+        f"optim.batch_size={args.batch_size}", "optim.batch_per_process=0",
+        f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / ('run_' + mode)}",
+    ])
+
+
+def make_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """An untrained teacher saved as `w2s train-teacher` would (or trained for one epoch with --train-teacher)."""
+    if args.train_teacher:
+        from pipeline.train_student import train
+
+        pair = PAIRS[args.pair]
+        cfg = load_config(pair.teacher_recipe, [
+            *pair.overrides, *pair.data_overrides(tmp), *pair.teacher_overrides, f"data.limit={args.samples}", f"data.test_limit={args.test_limit}",
+            f"model.name={args.teacher}", "optim.epochs=1", f"optim.batch_size={args.batch_size}",
+            "optim.batch_per_process=0", f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / 'teacher'}"])
+        t0 = time.perf_counter()
+        result = train(cfg, role="teacher", console=QUIET)
+        return {"trained_epochs": 1, "test_acc": result["test_acc"], "train_s": time.perf_counter() - t0}
+    cfg = base_config(args, tmp, "store", tmp / "unused")
+    src, _ = train_and_test(cfg.data)
+    torch.manual_seed(0)
+    model = create(args.teacher, src.num_classes, src.channels)
+    meta = {"model": args.teacher, "kwargs": {}, "num_classes": src.num_classes, "in_chans": src.channels,
+            "mean": list(src.mean), "std": list(src.std), "input_size": src.image_hw[0],
+            "dataset": dataset_record(src)}
+    save_model(model, tmp / "teacher", meta)
+    return {"trained_epochs": 0}
+
+
+def emit(run: Callable[[argparse.Namespace], dict[str, Any]], table: Callable[[dict[str, Any]], str],
+         args: argparse.Namespace) -> None:
+    """Run a benchmark; print its JSON object (with ``total_s``), then its markdown table."""
+    t0 = time.perf_counter()
+    res = run(args)
+    res["total_s"] = time.perf_counter() - t0
+    print(json.dumps(res, indent=2))
+    print()
+    print(table(res))
 
 
 def noisy(r: dict[str, Any]) -> bool:

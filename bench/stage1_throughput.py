@@ -19,7 +19,6 @@ Prints a JSON object, then a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -30,18 +29,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from bench.common import (
     PAIRS,
+    QUIET,
     REDO_BUDGET,
+    base_config,
     clean,
     cpu_window,
+    emit,
     machine,
     machine_line,
+    make_teacher,
     noisy,
 )
-from bench.stage2_throughput import QUIET, base_config, make_teacher
 from pipeline.infer_teacher import chunk_logits, infer
 from pipeline.loader import ViewReplayer, crop_size_for
 from pipeline.pretrained import load_teacher
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bs = cfg.teacher.batch_size
         replayer = ViewReplayer(src.image_hw, [spec], bs, crop_size_for(policy, src), cfg.run.device,
                                 cfg.run.num_threads, decode=src.encoded)
-        idx = torch.arange(min(bs, len(src.labels))).numpy()
+        idx = np.arange(min(bs, len(src.labels)))
         x = replayer(src.read(idx), sample_params(policy, idx, 1, src.sizes_of(idx)),
                      src.sizes_of(idx) if src.encoded else None)[0].clone()
         n, views = len(src.labels), policy.total_views
@@ -164,12 +167,7 @@ def main() -> None:
     args.teacher, args.student, args.batch_size = pair.teacher, pair.student, pair.batch_size
     args.train_teacher = False
     REDO_BUDGET["seconds_left"] = args.redo_budget
-    t0 = time.perf_counter()
-    res = run(args)
-    res["total_s"] = time.perf_counter() - t0
-    print(json.dumps(res, indent=2))
-    print()
-    print(table(res))
+    emit(run, table, args)
 
 
 if __name__ == "__main__":

@@ -44,70 +44,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from bench.common import (
     PAIRS,
+    QUIET,
     REDO_BUDGET,
+    base_config,
     clean,
     cpu_window,
     machine,
     machine_line,
+    make_teacher,
     noisy,
 )
-from pipeline.checkpoint import save_model
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.infer_teacher import infer
 from pipeline.loader import Batch, epoch_order, shard_batches, stream
-from pipeline.models import create
-from pipeline.sources.registry import train_and_test
-from pipeline.specs import dataset_record
 from pipeline.train_student import Trainer
 from pipeline.views import PARAM_DIM
 from store.soft_label_store import SoftLabelStore
 
-QUIET = Console(quiet=True)
-
 
 # -- setup ---------------------------------------------------------------------------------------
-def base_config(args: argparse.Namespace, tmp: Path, mode: str, store: Path, samples: int = 0) -> Config:
-    """The pair's adaptconf student recipe on the first ``--samples`` images of its training set."""
-    pair = PAIRS[args.pair]
-    return load_config(pair.student_recipe, [
-        *pair.overrides, *pair.data_overrides(tmp),
-        f"data.limit={samples or args.samples}", f"data.test_limit={args.test_limit}",
-        f"model.name={args.student}",
-        f"teacher.checkpoint={tmp / 'teacher'}", f"teacher.store={store}", f"teacher.mode={mode}",
-        f"teacher.batch_size={args.infer_batch_size or args.batch_size}",
-        f"optim.batch_size={args.batch_size}", "optim.batch_per_process=0",
-        f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / ('run_' + mode)}",
-    ])
-
-
-def make_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """An untrained teacher saved as `w2s train-teacher` would (or trained for one epoch with --train-teacher)."""
-    if args.train_teacher:
-        from pipeline.train_student import train
-
-        pair = PAIRS[args.pair]
-        cfg = load_config(pair.teacher_recipe, [
-            *pair.overrides, *pair.data_overrides(tmp), *pair.teacher_overrides, f"data.limit={args.samples}", f"data.test_limit={args.test_limit}",
-            f"model.name={args.teacher}", "optim.epochs=1", f"optim.batch_size={args.batch_size}",
-            "optim.batch_per_process=0", f"run.num_threads={args.threads}", f"run.device={args.device}", f"run.output={tmp / 'teacher'}"])
-        t0 = time.perf_counter()
-        result = train(cfg, role="teacher", console=QUIET)
-        return {"trained_epochs": 1, "test_acc": result["test_acc"], "train_s": time.perf_counter() - t0}
-    cfg = base_config(args, tmp, "store", tmp / "unused")
-    src, _ = train_and_test(cfg.data)
-    torch.manual_seed(0)
-    model = create(args.teacher, src.num_classes, src.channels)
-    meta = {"model": args.teacher, "kwargs": {}, "num_classes": src.num_classes, "in_chans": src.channels,
-            "mean": list(src.mean), "std": list(src.std), "input_size": src.image_hw[0],
-            "dataset": dataset_record(src)}
-    save_model(model, tmp / "teacher", meta)
-    return {"trained_epochs": 0}
-
-
 def prepared_trainer(cfg: Config) -> Trainer:
     """A real Trainer with models, optimizer, scheduler, objective, teacher and replayers set up."""
     tr = Trainer(cfg, "student", resume=False, console=QUIET)

@@ -25,12 +25,10 @@ Prints a JSON object, then a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +36,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import PAIRS, cpu_window, machine, machine_line, noisy
-from bench.stage2_throughput import QUIET, make_teacher
+from bench.common import (
+    PAIRS,
+    QUIET,
+    cpu_window,
+    emit,
+    machine,
+    machine_line,
+    make_teacher,
+    noisy,
+)
 from pipeline.config import load_config
 from pipeline.infer_teacher import infer
 from pipeline.pretrained import load_teacher
+from pipeline.sources.registry import train_and_test
 from pipeline.sweep import sweep
 
 
@@ -74,19 +81,23 @@ def stage1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return end()
 
 
-def teacher_seconds(args: argparse.Namespace, tmp: Path, forwards: int) -> dict[str, Any]:
-    """Time of ``forwards`` teacher forwards on a preloaded student-sized batch (what online mode adds per step)."""
-    pair = PAIRS[args.pair]
-    cfg = load_config(pair.student_recipe, overrides(args, tmp, "online", tmp / "no_store") + [f"run.output={tmp / 'u'}"])
-    from pipeline.sources.registry import train_and_test
-
+def preloaded_teacher(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The saved teacher and a random batch of the student's batch size at the teacher's input size."""
+    cfg = load_config(PAIRS[args.pair].student_recipe,
+                      overrides(args, tmp, "online", tmp / "no_store") + [f"run.output={tmp / 'u'}"])
     src, _ = train_and_test(cfg.data)
     model, meta, _ = load_teacher(cfg.teacher.checkpoint, None, src.num_classes, src.channels)
     x = torch.randn(args.batch_size, src.channels, meta["input_size"], meta["input_size"])
     with torch.no_grad():
         for _ in range(3):
             model(x)
-        end = cpu_window()
+    return model, x
+
+
+def teacher_seconds(model: torch.nn.Module, x: torch.Tensor, forwards: int) -> dict[str, Any]:
+    """Time of ``forwards`` teacher forwards on the preloaded batch (what online mode adds per step)."""
+    end = cpu_window()
+    with torch.no_grad():
         for _ in range(forwards):
             model(x)
     return end()
@@ -101,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpdir)
         PAIRS[args.pair].prepare(tmp, args.samples, args.test_limit)
         make_teacher(args, tmp)
+        teacher, x = preloaded_teacher(args, tmp)
         objectives = args.objectives.split(",")
         timings: dict[str, list[dict[str, Any]]] = {"stage1": [], "cached": [], "online": [], "teacher": []}
         for rep in range(args.repeats):
@@ -112,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     timings[name].append({"objective": objective, "repeat": rep,
                                           **one_run(args, tmp, "store" if name == "cached" else "online", objective, out)})
                     if name == "online":
-                        timings["teacher"].append(teacher_seconds(args, tmp, args.epochs * steps))
+                        timings["teacher"].append(teacher_seconds(teacher, x, args.epochs * steps))
     res["timings"] = timings
 
     def per_sweep(name: str) -> float:
@@ -187,12 +199,7 @@ def main() -> None:
     args.teacher, args.student, args.batch_size, args.train_teacher = pair.teacher, pair.student, pair.batch_size, False
     if args.samples < args.batch_size or min(args.epochs, args.repeats) < 1:
         p.error(f"--samples must be >= the batch size ({args.batch_size}); --epochs and --repeats >= 1")
-    t0 = time.perf_counter()
-    res = run(args)
-    res["total_s"] = time.perf_counter() - t0
-    print(json.dumps(res, indent=2))
-    print()
-    print(table(res))
+    emit(run, table, args)
 
 
 if __name__ == "__main__":

@@ -92,14 +92,14 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
 
 
 def chunk_logits(teacher: torch.nn.Module, source: Source, replayer: ViewReplayer, policy: ViewPolicy,
-                 start: int, stop: int, view: int, num_classes: int, prefetch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                 start: int, stop: int, view: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's float32 logits ``[n, C]`` on view ``view`` of samples ``start:stop``, and that view's params."""
     idx = np.arange(start, stop)
     params = sample_params(policy, idx, view, source.sizes_of(idx))
     logits = np.empty((len(idx), num_classes), dtype=np.float32)
     parts = np.array_split(idx, math.ceil(len(idx) / replayer.batch_size))
     with torch.no_grad():
-        for b in stream(source, parts, replayer, lambda ix: params[ix - start], prefetch=prefetch):
+        for b in stream(source, parts, replayer, lambda ix: params[ix - start]):
             logits[b.indices - start] = teacher(b.inputs[0]).float().cpu().numpy()
     return logits, params
 
