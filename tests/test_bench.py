@@ -65,3 +65,11 @@ def test_stage2_bench_fmnist_pair() -> None:
     assert 0 < store_epoch["store_read_s"] < store_epoch["seconds"]
     assert res["trainer_epoch"]["online"]["store_read_s"] is None  # no store read in online mode
     assert "store read per epoch" in table
+
+
+def test_dali_replay_floor_bench() -> None:
+    res, table = bench("dali_replay_floor.py", "--batch", "64", "--rounds", "2")
+    us = res["us_per_image"]
+    assert set(us) == {"feed", "slice", "replay"} and all(v > 0 for v in us.values())
+    assert all(len(t) == 2 for t in res["seconds"].values())
+    assert "`pipeline.views.replay`" in table
