@@ -56,6 +56,19 @@ def _load(config: Path, overrides: Optional[List[str]]):  # type: ignore[no-unty
     return load_config(config, overrides or [])
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; a bad list is a one-line error."""
+    from pipeline.config import ConfigError
+
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must list distinct integers, got {text!r}")
+    return seeds
+
+
 DeterministicOpt = typer.Option(False, "--deterministic", help="deterministic algorithms (same as --set run.deterministic=true)")
 
 
@@ -109,9 +122,8 @@ def sweep_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
     def go() -> None:
         from pipeline.sweep import sweep
 
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
         out = output or Path("runs") / f"sweep-{config.stem}"
-        sweep(config, grid, seed_list, set_ or [], out, parallel, console=console)
+        sweep(config, grid, list(_seeds(seeds)), set_ or [], out, parallel, console=console)
         typer.echo(f"sweep finished: w2s report {out}")
     _guard(go)
 
@@ -153,12 +165,14 @@ def inspect(store: Path = typer.Argument(..., help="store directory"),
 @app.command("demo")
 def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that finishes in about 3 minutes"),
          output: Path = typer.Option(Path("runs/demo"), "--output", help="where runs, table and figure go"),
-         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files")) -> None:
+         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
+         seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean +- std, paired tests)")) -> None:
     """Weak teacher -> KD / AugConf / AdaptConf students vs. a strong ceiling on Fashion-MNIST, with PGR."""
     def go() -> None:
         from pipeline.demo import run_demo
 
-        run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, console=console)
+        run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
+                 console=console)
     _guard(go)
 
 

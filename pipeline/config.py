@@ -1,11 +1,14 @@
 """Typed run configuration: YAML files and ``--set key=value`` overrides mapped onto dataclasses.
 
 An unknown key is an error naming the valid keys of its section; a value of the wrong type is
-an error naming the key and the expected type.
+an error naming the key and the expected type; a value out of its range (:data:`RULES`) or a
+non-finite float is an error naming the key and the allowed range.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,12 +26,14 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which dataset and which part of it.
 
-    ``subset`` picks the demo's halves of the train split; ``classes`` keeps only these classes,
+    ``subset`` picks the demo's halves of the train split (pinned by ``subset_seed``: the demo's
+    teacher and students must see complementary halves whatever ``run.seed`` is); ``classes`` keeps only these classes,
     relabelled 0..n-1 in the given order (few-shot base / novel splits); ``noise_*`` injects label
     noise into the training labels (``pipeline.label_noise``: none, symmetric, asym_cifar10,
     asym_cifar100, asym_next), deterministic from ``noise_seed``. ``val_fraction`` holds out that part
     of the (noisy) training selection as a validation split: the best epoch is chosen on it, never
-    on the test set.
+    on the test set. ``val_seed`` pins that split; left unset it follows ``run.seed``, so seeds are
+    real repeats (another validation split each).
     """
 
     source: str = "fashion_mnist"
@@ -46,12 +51,19 @@ class DataConfig:
     noise_rate: float = 0.0
     noise_seed: int = 0
     val_fraction: float = 0.0
-    val_seed: int = 0
+    val_seed: int | None = None
 
 
 @dataclass
 class ViewsConfig:
-    """The view policy (see ``pipeline.views.ViewPolicy``) and whether students train on augmented views."""
+    """The view policy (see ``pipeline.views.ViewPolicy``), how epochs pick views, and whether students train on augmented views.
+
+    ``seed`` pins the view draws; left unset it follows ``run.seed`` (a run that replays a store
+    takes the store's). ``sampling``: ``cycle`` (epoch e uses stored view ``1 + e mod K``),
+    ``fresh`` (epoch e draws new params, view ``1 + e`` of the policy: a pure function of seed,
+    epoch and sample, like a dataloader's random transform, so resume stays exact) or ``auto``:
+    fresh for runs that read no store (supervised runs, online teacher), cycle when replaying a store.
+    """
 
     kind: str = "pad_crop"
     num_views: int = 4
@@ -60,7 +72,8 @@ class ViewsConfig:
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     crop_pct: float = 1.0
-    seed: int = 0
+    seed: int | None = None
+    sampling: str = "auto"
     augmented: bool = True
 
 
@@ -119,7 +132,10 @@ class TeacherConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Arguments of ``pipeline.objectives.build_objective``."""
+    """Arguments of ``pipeline.objectives.build_objective`` (defaults: the paper's code, see there).
+
+    ``warmup_style``: few_shot | sel_cl, which upstream call of AdaptConf's beta warm-up to reproduce.
+    """
 
     name: str = "vanilla"
     kd_temperature: float = 1.0
@@ -127,8 +143,9 @@ class ObjectiveConfig:
     gt_weight: float = 1.0
     kd_weight: float = 1.0
     rate: float = 0.3
-    max_weight: float = 0.75
+    max_weight: float = 0.5
     warmup_rate: float = 0.0
+    warmup_style: str = "few_shot"
 
 
 @dataclass
@@ -197,6 +214,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert a YAML value to the annotated type; ints are accepted for floats."""
     origin = typing.get_origin(tp)
@@ -223,6 +243,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e30 / 5e-4 (no dot) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -273,8 +295,140 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+# -- value checks -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """A numeric rule for one key: the value (each element, for a list) lies in ``[lo, hi]``.
+
+    ``lo_open``/``hi_open`` exclude that end. ``pair``: a list of exactly two values, low <= high. ``nonempty``: a list
+    with at least one element. ``unless=(key, value)``: skip the rule while that sibling equals value.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    pair: bool = False
+    nonempty: bool = False
+    unless: tuple[str, Any] | None = None
+
+
+def _at_least(lo: float) -> Check:
+    return Check(lo=lo)
+
+
+def _above(lo: float) -> Check:
+    return Check(lo=lo, lo_open=True)
+
+
+def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+    return Check(lo, hi, lo_open, hi_open)
+
+
+# Every range rule of both config schemas (``Config`` and ``pipeline.few_shot.FewShotConfig``), by
+# dotted key. On top of these, every float anywhere (lists and model.kwargs included) must be finite.
+# Unset (None) values are not checked.
+RULES: dict[str, Check] = {
+    # data (both schemas)
+    "data.subset_seed": _at_least(0), "data.limit": _at_least(0), "data.test_limit": _at_least(0),
+    "data.image_size": _at_least(1), "data.classes": _at_least(0), "data.noise_rate": _within(0, 1),
+    "data.noise_seed": _at_least(0), "data.val_fraction": _within(0, 1, hi_open=True), "data.val_seed": _at_least(0),
+    # views
+    "views.num_views": Check(lo=1, unless=("kind", "none")), "views.pad": _at_least(0),
+    "views.scale": Check(0, 1, lo_open=True, pair=True), "views.ratio": Check(lo=0, lo_open=True, pair=True),
+    "views.crop_pct": _within(0, 1, lo_open=True), "views.seed": _at_least(0),
+    # augment
+    "augment.num_ops": _at_least(1), "augment.magnitude": _within(0, 30), "augment.random_erasing": _within(0, 1),
+    "augment.mixup": _at_least(0), "augment.cutmix": _at_least(0), "augment.mix_prob": _within(0, 1),
+    "augment.switch_prob": _within(0, 1), "augment.label_smoothing": _within(0, 1, hi_open=True),
+    # model
+    "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1),
+    # teacher
+    "teacher.top_k": _at_least(0), "teacher.batch_size": _at_least(1), "teacher.chunk_samples": _at_least(1),
+    # objective
+    "objective.kd_temperature": _above(0), "objective.threshold": _above(0), "objective.gt_weight": _at_least(0),
+    "objective.kd_weight": _at_least(0), "objective.rate": _within(0, 1, lo_open=True),
+    "objective.max_weight": _within(0, 1), "objective.warmup_rate": _within(0, 1),
+    # optim
+    "optim.lr": _above(0), "optim.momentum": _within(0, 1, hi_open=True), "optim.weight_decay": _at_least(0),
+    "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0),
+    "optim.min_lr": _at_least(0), "optim.milestones": _at_least(0),
+    "optim.decay_rate": _within(0, 1, lo_open=True), "optim.layer_decay": _within(0, 1),
+    "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
+    # run (both schemas)
+    "run.seed": _at_least(0), "run.num_threads": _at_least(1),
+    # few-shot: episodes (w2s few-shot eval)
+    "episodes.n_way": _at_least(2), "episodes.shots": Check(lo=1, nonempty=True), "episodes.n_query": _at_least(1),
+    "episodes.episodes": _at_least(1), "episodes.seed": _at_least(0), "episodes.batch_size": _at_least(1),
+    # few-shot: meta (w2s few-shot meta)
+    "meta.epochs": _at_least(1), "meta.batches_per_epoch": _at_least(1), "meta.episodes_per_batch": _at_least(1),
+    "meta.n_way": _at_least(2), "meta.k_shot": _at_least(1), "meta.n_query": _at_least(1), "meta.lr": _above(0),
+    "meta.momentum": _within(0, 1, hi_open=True), "meta.weight_decay": _at_least(0),
+    "meta.kd_temperature": _above(0), "meta.threshold": _above(0), "meta.warmup_rate": _within(0, 1),
+    "meta.kd_weight": _at_least(0), "meta.gt_weight": _at_least(0),
+}
+
+
+def _check_range(rule: Check, value: float, key: str) -> None:
+    bad_lo = rule.lo is not None and (value <= rule.lo if rule.lo_open else value < rule.lo)
+    bad_hi = rule.hi is not None and (value >= rule.hi if rule.hi_open else value > rule.hi)
+    if not (bad_lo or bad_hi):
+        return
+    if rule.lo is not None and rule.hi is not None:
+        want = f"in {'(' if rule.lo_open else '['}{rule.lo:g}, {rule.hi:g}{')' if rule.hi_open else ']'}"
+    elif rule.lo is not None:
+        want = f"{'>' if rule.lo_open else '>='} {rule.lo:g}"
+    else:
+        assert rule.hi is not None
+        want = f"{'<' if rule.hi_open else '<='} {rule.hi:g}"
+    raise ConfigError(f"{key} must be {want}, got {value:g}")
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Every float in ``value`` (nested lists and mappings too) is finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}")
+
+
+def _check_rule(rule: Check, value: Any, key: str, section: Any) -> None:
+    if rule.unless is not None and getattr(section, rule.unless[0]) == rule.unless[1]:
+        return
+    if isinstance(value, list):
+        if rule.nonempty and not value:
+            raise ConfigError(f"{key} must not be empty")
+        if rule.pair and (len(value) != 2 or value[0] > value[1]):
+            raise ConfigError(f"{key} must be two numbers [low, high] with low <= high, got {value}")
+        for i, v in enumerate(value):
+            _check_range(rule, v, f"{key}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_range(rule, value, key)
+
+
+def validate(cfg: Any, prefix: str = "") -> Any:
+    """Check every value of the dataclass ``cfg`` against :data:`RULES` (and finiteness); ConfigError naming the key."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{key}.")
+            continue
+        if value is None:
+            continue
+        _check_finite(value, key)
+        rule = RULES.get(key)
+        if rule is not None:
+            _check_rule(rule, value, key, cfg)
+    return cfg
+
+
 def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[str] | None) -> Any:
-    """Fill the dataclass ``cfg`` from a YAML file, then each ``key=value`` override, strictly."""
+    """Fill the dataclass ``cfg`` from a YAML file, then each ``key=value`` override, strictly; then :func:`validate` it."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -288,7 +442,7 @@ def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[
         _apply(cfg, data, "")
     for text in overrides or []:
         _apply(cfg, parse_override(text), "")
-    return cfg
+    return validate(cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -42,7 +42,8 @@ from pipeline.checkpoint import (CheckpointError, atomic_write, load_model, load
 from pipeline.config import ConfigError, DataConfig, apply_file_and_overrides
 from pipeline.fewshot_eval import cosine_logits, evaluate_episodes, prototypes, sample_episode
 from pipeline.loader import Batch, ViewReplayer, crop_size_for, stream
-from pipeline.objectives import Objective, build_objective
+from pipeline.nonfinite import check_step, check_weights
+from pipeline.objectives import WARMUP_STYLES, Objective, build_objective
 from pipeline.runtime import RunError, RunLock, setup
 from pipeline.sources.base import DataError, Source
 from pipeline.sources.registry import load_source, select
@@ -91,7 +92,7 @@ class MetaConfig:
     """Meta-Baseline training: ``epochs`` x ``batches_per_epoch`` SGD steps of ``episodes_per_batch`` episodes.
 
     ``objective``: none (plain Meta-Baseline, query CE only), kd or adaptconf (the arguments of
-    ``pipeline.objectives.build_objective``; ``warmup_rate`` is AdaptConf's beta warm-up).
+    ``pipeline.objectives.build_objective``; ``warmup_rate``/``warmup_style`` are AdaptConf's beta warm-up).
     """
 
     epochs: int = 20
@@ -107,6 +108,7 @@ class MetaConfig:
     kd_temperature: float = 10.0
     threshold: float = 0.25
     warmup_rate: float = 0.25
+    warmup_style: str = "few_shot"
     kd_weight: float = 1.0
     gt_weight: float = 1.0
 
@@ -161,6 +163,8 @@ def _check_episodes(e: EpisodesConfig) -> None:
 def _check_meta(m: MetaConfig) -> None:
     if m.objective not in META_OBJECTIVES:
         raise ConfigError(f"meta.objective must be one of {', '.join(META_OBJECTIVES)}, got {m.objective!r}")
+    if m.warmup_style not in WARMUP_STYLES:
+        raise ConfigError(f"meta.warmup_style must be one of {', '.join(WARMUP_STYLES)}, got {m.warmup_style!r}")
     _positive("meta", epochs=m.epochs, batches_per_epoch=m.batches_per_epoch, episodes_per_batch=m.episodes_per_batch,
               k_shot=m.k_shot, n_query=m.n_query, lr=m.lr)
     if m.n_way < 2:
@@ -378,7 +382,8 @@ class MetaTrainer:
             start, history = self._restore()
             _save_config(self.cfg, self.out)
             for epoch in range(start, self.cfg.meta.epochs):
-                row = self._train_epoch(epoch)
+                row = self._train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+                check_weights([self.model, self.head], epoch, self.cfg.meta.epochs, self.device, lr_key="meta.lr")
                 history.append(row)
                 self._write_metrics(history)
                 self._checkpoint(epoch, history)
@@ -396,7 +401,8 @@ class MetaTrainer:
         self.head = CosinePrototypeHead().to(self.device)
         self.objective: Objective = build_objective(
             "vanilla" if m.objective == "none" else m.objective, kd_temperature=m.kd_temperature,
-            threshold=m.threshold, gt_weight=m.gt_weight, kd_weight=m.kd_weight, warmup_rate=m.warmup_rate)
+            threshold=m.threshold, gt_weight=m.gt_weight, kd_weight=m.kd_weight, warmup_rate=m.warmup_rate,
+            warmup_style=m.warmup_style)
         specs = [teacher_spec(self.source, self.meta)]
         self.teacher: nn.Module | None = None
         self.teacher_sha: str | None = None
@@ -419,8 +425,8 @@ class MetaTrainer:
         start = time.perf_counter()
         with _progress(self.console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{m.epochs}", total=len(batches))
-            for b in _fixed_views(self.source, self.specs, batches, layout.images, self.device,
-                                  self.cfg.run.num_threads):
+            for step, b in enumerate(_fixed_views(self.source, self.specs, batches, layout.images, self.device,
+                                                  self.cfg.run.num_threads)):
                 support, query = layout.split(embed(self.model, b.inputs[0]))
                 zs = self.head(support, query, layout.n_way, layout.k_shot)
                 zt = None
@@ -432,8 +438,10 @@ class MetaTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
                 self.optimizer.step()
+                loss = out.total.item()  # the metrics below sync every step anyway
+                check_step(loss, None, epoch, m.epochs, step, len(batches), self.device, lr_key="meta.lr")
                 pred = zs.detach().argmax(1)
-                sums += [out.total.item(), out.terms["gt"].item(), float(out.terms.get("kd", torch.zeros(())).item()),
+                sums += [loss, out.terms["gt"].item(), float(out.terms.get("kd", torch.zeros(())).item()),
                          float(out.terms.get("align", torch.zeros(())).item()),
                          0.0 if out.sample_weight is None else out.sample_weight.mean().item(),
                          (pred == labels).float().mean().item(),

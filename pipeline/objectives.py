@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 OBJECTIVES = ("vanilla", "kd", "augconf", "adaptconf")
+# AdaptConf beta warm-up of the paper's code, by the code base whose call it reproduces (see
+# ``Objective.adaptconf_warmup``): few_shot (few_shot_leaerning/) and sel_cl (noisy_labels_learning/).
+WARMUP_STYLES = ("few_shot", "sel_cl")
 
 
 @dataclass
@@ -57,8 +60,9 @@ class Objective:
     gt_weight: float = 1.0
     kd_weight: float = 1.0
     rate: float = 0.3
-    max_weight: float = 0.75
+    max_weight: float = 0.5
     warmup_rate: float = 0.0
+    warmup_style: str = "few_shot"
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -69,23 +73,40 @@ class Objective:
             raise ValueError(f"adaptconf threshold must be > 0, got {self.threshold}")
         if self.name == "augconf" and not 0 < self.rate <= 1:
             raise ValueError(f"augconf rate must be in (0, 1], got {self.rate}")
+        if self.warmup_style not in WARMUP_STYLES:
+            raise ValueError(f"unknown warmup_style {self.warmup_style!r}; valid: {', '.join(WARMUP_STYLES)}")
 
     @property
     def needs_teacher(self) -> bool:
         return self.name != "vanilla"
 
     def augconf_alpha(self, epoch: int, epochs: int) -> float:
-        """``alpha = e / (E r) * theta`` while ``e < int(E r)``, else ``theta``."""
+        """``alpha = e / (E r) * theta`` while ``e < int(E r)``, else ``theta`` (0-based ``e``).
+
+        As the paper's classification/distillers/adaptconf.py AugConf, whose ``args.epoch`` is train.py's
+        0-based epoch; ``r`` = ``--superalignment-rate`` (0.3), ``theta`` = ``--superalignment-threshold`` (0.5).
+        """
         ramp = int(epochs * self.rate)
         if epoch < ramp:
             return epoch / (epochs * self.rate) * self.max_weight
         return self.max_weight
 
     def adaptconf_warmup(self, epoch: int, epochs: int) -> float:
-        """Optional beta warm-up factor ``min(1, e / (E r_w))``; 1 when ``warmup_rate`` is 0."""
+        """Beta warm-up factor at 0-based ``epoch`` of ``epochs``; 1 when ``warmup_rate`` is 0.
+
+        The paper's code counts epochs from 1 (``n = epoch + 1``) and scales beta by ``n / (T r_w)``
+        while ``n < int(T r_w)``, else by 1 (``adapt_conf_loss`` in few_shot_leaerning/utils/__init__.py
+        and noisy_labels_learning/utils_sel/kd_loss.py, with ``r_w`` = 0.25 there). ``T`` is what the
+        caller passes: ``epochs`` for ``few_shot`` (train_classifier.py / train_meta.py pass max_epoch),
+        ``epochs + 1`` for ``sel_cl`` (train_Sel-CL_fine-tuning.py passes ``args.epoch + 1``).
+        """
         if self.warmup_rate <= 0:
             return 1.0
-        return min(1.0, epoch / (epochs * self.warmup_rate))
+        n = epoch + 1
+        total = epochs + 1 if self.warmup_style == "sel_cl" else epochs
+        if n < int(total * self.warmup_rate):
+            return n / (total * self.warmup_rate)
+        return 1.0
 
     def __call__(self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor,
                  epoch: int = 0, epochs: int = 1) -> ObjectiveOutput:
@@ -117,11 +138,16 @@ class Objective:
 
 def build_objective(name: str, *, kd_temperature: float = 1.0, threshold: float = 0.5,
                     gt_weight: float = 1.0, kd_weight: float = 1.0, rate: float = 0.3,
-                    max_weight: float = 0.75, warmup_rate: float = 0.0) -> Objective:
+                    max_weight: float = 0.5, warmup_rate: float = 0.0,
+                    warmup_style: str = "few_shot") -> Objective:
     """Public factory: ``build_objective("adaptconf", threshold=0.5)(zs, zt, y, epoch=e, epochs=E)``.
 
     ``rate``/``max_weight`` are AugConf's ramp ``r`` and ``theta``; ``threshold`` is AdaptConf's
-    temperature ``theta``; ``warmup_rate`` is AdaptConf's optional beta warm-up ``r_w``.
+    temperature ``theta``; ``warmup_rate`` is AdaptConf's optional beta warm-up ``r_w`` and
+    ``warmup_style`` which upstream call of it to reproduce (``Objective.adaptconf_warmup``).
+    Defaults are the paper's code: ``rate`` 0.3 and ``max_weight`` 0.5 (classification/train.py's
+    ``--superalignment-rate`` / ``--superalignment-threshold``, read by distillers/adaptconf.py AugConf).
     """
-    return Objective(name, kd_temperature, threshold, gt_weight, kd_weight, rate, max_weight, warmup_rate)
+    return Objective(name, kd_temperature, threshold, gt_weight, kd_weight, rate, max_weight, warmup_rate,
+                     warmup_style)
 

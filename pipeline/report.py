@@ -6,6 +6,10 @@ best-epoch accuracy is the test accuracy at the epoch with the best *validation*
 (``data.val_fraction``), never selected on the test set. PGR = (student - weak) / (ceiling - weak)
 with the weak teacher's test accuracy (recorded by each student run, or ``--weak`` runs) and the
 ceiling's (``--ceiling`` runs: the strong model trained on ground truth).
+
+Every mean names its number of seeds; with one seed the spread is left empty (not "+- 0").
+Configurations that share seeds are also compared pairwise, seed by seed (``paired.md``: mean
+difference, 95% CI, paired t-test; ``pipeline.stats``).
 """
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
+
+from pipeline.stats import mean_std, paired_difference
 
 IGNORED_KEYS = ("run.output", "run.seed")
 
@@ -96,18 +102,26 @@ class Group:
     runs: list[RunResult] = field(default_factory=list)
 
     def stat(self, values: list[float | None]) -> tuple[float, float]:
-        v = np.array([x for x in values if x is not None], dtype=np.float64)
-        if len(v) == 0:
-            return math.nan, math.nan
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        """Mean and standard deviation over seeds (NaN spread with fewer than two)."""
+        mean, std, _ = mean_std(values)
+        return mean, std
+
+    def by_seed(self) -> dict[int, float]:
+        """Last-epoch test accuracy per ``run.seed``."""
+        return {int(r.config.get("run", {}).get("seed", 0)): r.test_acc for r in self.runs}
 
 
-def group_runs(runs: list[RunResult]) -> list[Group]:
-    """Group by configuration (everything but seed and output).
+def group_runs(runs: list[RunResult], label_of: Callable[[RunResult], str] | None = None) -> list[Group]:
+    """Group by configuration (everything but seed and output), or by ``label_of(run)`` when given.
 
     A group's label is its sweep settings (``--grid`` values) when its runs came from sweeps and
     those labels tell the groups apart, else the config keys that vary between groups.
     """
+    if label_of is not None:
+        labelled: dict[str, Group] = {}
+        for run in runs:
+            labelled.setdefault(label_of(run), Group(label_of(run))).runs.append(run)
+        return list(labelled.values())
     flats = [{k: v for k, v in _flat(r.config).items() if k not in IGNORED_KEYS} for r in runs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
@@ -143,10 +157,36 @@ def summarize(groups: list[Group], weak: float | None = None, ceiling: float | N
     return rows
 
 
-def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+def plus_minus(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std``; the mean alone when there is no spread (one seed)."""
     if math.isnan(mean):
         return ""
+    if math.isnan(std):
+        return f"{scale * mean:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def paired(groups: list[Group]) -> list[dict[str, Any]]:
+    """Every two configurations with at least two seeds in common: test accuracy difference, seed by seed."""
+    rows = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            d = paired_difference(a.by_seed(), b.by_seed())
+            if d.n >= 2:
+                rows.append({"a": a.label, "b": b.label, "seeds": d.n, "diff_mean": d.mean, "ci_low": d.ci_low,
+                             "ci_high": d.ci_high, "p_value": d.p_value, "significant": d.significant})
+    return rows
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """The paired comparisons in markdown (differences in accuracy points)."""
+    lines = ["| a | b | seeds | a - b (points) | 95% CI | paired t p | CI excludes 0 |",
+             "|---|---|---:|---:|---|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['a']} | {r['b']} | {r['seeds']} | {100 * r['diff_mean']:+.2f} | "
+                     f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}] | {r['p_value']:.3f} | "
+                     f"{'yes' if r['significant'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -157,14 +197,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         weak = "" if math.isnan(r["weak_acc"]) else f"{100 * r['weak_acc']:.2f}"
         ceil = "" if math.isnan(r["ceiling_acc"]) else f"{100 * r['ceiling_acc']:.2f}"
         agree = "" if math.isnan(r["agreement_mean"]) else f"{100 * r['agreement_mean']:.2f}"
-        lines.append(f"| {r['configuration']} | {r['seeds']} | {_pm(r['test_acc_mean'], r['test_acc_std'])} | "
-                     f"{_pm(r['best_epoch_acc_mean'], r['best_epoch_acc_std'])} | {weak} | {ceil} | "
-                     f"{_pm(r['pgr_mean'], r['pgr_std'], 1.0, 3)} | {agree} |")
+        lines.append(f"| {r['configuration']} | {r['seeds']} | {plus_minus(r['test_acc_mean'], r['test_acc_std'])} | "
+                     f"{plus_minus(r['best_epoch_acc_mean'], r['best_epoch_acc_std'])} | {weak} | {ceil} | "
+                     f"{plus_minus(r['pgr_mean'], r['pgr_std'], 1.0, 3)} | {agree} |")
     return "\n".join(lines)
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    """``report.csv``, ``report.parquet`` and ``report.md``."""
+def write_tables(rows: list[dict[str, Any]], out: Path, pairs: list[dict[str, Any]] = ()) -> None:
+    """``report.csv``, ``report.parquet`` and ``report.md``; ``paired.csv`` and ``paired.md`` when there are pairs."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -174,6 +214,9 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     pacsv.write_csv(table, out / "report.csv")
     pq.write_table(table, out / "report.parquet")
     (out / "report.md").write_text(markdown(rows) + "\n")
+    if pairs:
+        pacsv.write_csv(pa.Table.from_pylist(list(pairs)), out / "paired.csv")
+        (out / "paired.md").write_text(paired_markdown(list(pairs)) + "\n")
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -211,11 +254,12 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path, weak: float | Non
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) + 2), 4.5))
     means = [100 * r["test_acc_mean"] for r in rows]
-    bars = ax.bar(range(len(rows)), means, yerr=[100 * r["test_acc_std"] for r in rows], capsize=4, color="tab:blue")
+    errors = [0.0 if math.isnan(r["test_acc_std"]) else 100 * r["test_acc_std"] for r in rows]
+    bars = ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color="tab:blue")
     for bar, r in zip(bars, rows):
-        label = f"{100 * r['test_acc_mean']:.1f}"
+        label = f"{100 * r['test_acc_mean']:.1f} (n={r['seeds']})"
         if not math.isnan(r["pgr_mean"]):
-            label += f"\nPGR {r['pgr_mean']:.2f}±{r['pgr_std']:.2f}"
+            label += f"\nPGR {plus_minus(r['pgr_mean'], r['pgr_std'], 1.0, 2)}"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     lows = means
     if weak is not None and not math.isnan(weak):
@@ -256,19 +300,27 @@ def plot_beta(groups: list[Group], path: Path) -> bool:
 
 
 def report(paths: list[str | Path], out: str | Path, weak_paths: list[str | Path] = (),
-           ceiling_paths: list[str | Path] = ()) -> tuple[str, list[dict[str, Any]]]:
-    """Build the table and figures for the runs under ``paths``; returns (markdown, rows)."""
+           ceiling_paths: list[str | Path] = (),
+           label_of: Callable[[RunResult], str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Build the table and figures for the runs under ``paths``; returns (markdown, rows).
+
+    ``label_of`` groups the runs by a label of the caller's (e.g. the demo's run names, whose seeds
+    each have their own teacher) instead of by configuration."""
     runs = find_runs(list(paths))
     weak_runs = find_runs(list(weak_paths)) if weak_paths else []
     ceiling_runs = find_runs(list(ceiling_paths)) if ceiling_paths else []
     weak = float(np.mean([r.test_acc for r in weak_runs])) if weak_runs else None
     ceiling = float(np.mean([r.test_acc for r in ceiling_runs])) if ceiling_runs else None
-    groups = group_runs(runs)
+    groups = group_runs(runs, label_of)
     rows = summarize(groups, weak, ceiling)
+    pairs = paired(groups)
     out = Path(out)
-    write_tables(rows, out)
+    write_tables(rows, out, pairs)
     plot_curves(groups, out / "curves.png", extra=[*weak_runs, *ceiling_runs])
     w = weak if weak is not None else (rows[0]["weak_acc"] if rows else None)
     plot_accuracy_bars(rows, out / "accuracy_pgr.png", w, ceiling)
     plot_beta(groups, out / "beta.png")
-    return markdown(rows), rows
+    table = markdown(rows)
+    if pairs:
+        table += "\n\nPaired over seeds (last-epoch test accuracy):\n\n" + paired_markdown(pairs)
+    return table, rows

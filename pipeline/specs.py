@@ -9,9 +9,22 @@ from pipeline.sources.base import Source
 from pipeline.views import InputSpec, StudentAugment, ViewPolicy
 
 
-def view_policy(cfg: Config) -> ViewPolicy:
+SAMPLING_MODES = ("auto", "cycle", "fresh")
+
+
+def view_policy(cfg: Config, seed: int | None = None) -> ViewPolicy:
+    """The configured policy; its seed is ``views.seed``, else ``seed`` (a store's), else ``run.seed``."""
     v = cfg.views
-    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, v.seed)
+    resolved = v.seed if v.seed is not None else (seed if seed is not None else cfg.run.seed)
+    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, resolved)
+
+
+def fresh_views(cfg: Config, reads_store: bool) -> bool:
+    """Whether epochs draw new view params (``views.sampling``; ``auto``: unless a store is replayed)."""
+    mode = cfg.views.sampling
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"views.sampling must be one of {', '.join(SAMPLING_MODES)}, got {mode!r}")
+    return not reads_store if mode == "auto" else mode == "fresh"
 
 
 def student_augment(cfg: Config) -> StudentAugment:

@@ -33,12 +33,14 @@ from pipeline.config import Config, save_config
 from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
 from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
 from pipeline.models import create
+from pipeline.nonfinite import SkippedSteps, check_step, check_weights
 from pipeline.objectives import Objective, build_objective
 from pipeline.pretrained import load_teacher
 from pipeline.runtime import RunError, all_reduce_sum, main_lock, setup
 from pipeline.sources.base import Source
-from pipeline.sources.registry import load_splits
-from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec, view_policy
+from pipeline.sources.registry import load_run_splits
+from pipeline.specs import (dataset_record, fresh_views, input_spec, mix_config, student_augment, teacher_spec,
+                            view_policy)
 from pipeline.views import ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
@@ -61,11 +63,15 @@ class Teacher:
     sha256: str | None = None
 
 
-def open_teacher(cfg: Config, objective: Objective, train_src: Source, policy: ViewPolicy,
-                 device: torch.device) -> Teacher | None:
-    """Load what the objective needs and check that a store matches this run's data and views."""
+def open_teacher(cfg: Config, objective: Objective, train_src: Source,
+                 device: torch.device) -> tuple[Teacher | None, ViewPolicy]:
+    """Load what the objective needs and the run's view policy; check that a store matches both.
+
+    ``train_src`` is the training selection a store covers (before any validation hold-out). A run
+    that replays a store takes the store's view seed unless ``views.seed`` pins one.
+    """
     if not objective.needs_teacher:
-        return None
+        return None, view_policy(cfg)
     mode = cfg.teacher.mode
     if mode not in TEACHER_MODES:
         raise RunError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
@@ -80,13 +86,15 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source, policy: V
         if not cfg.teacher.store:
             raise RunError("teacher.store is not set; run `w2s infer-teacher` and point teacher.store at its output")
         t.store = SoftLabelStore.open(cfg.teacher.store)
+        policy = view_policy(cfg, seed=t.store.attrs.get("view_policy", {}).get("seed"))
         expected: dict[str, Any] = {"dataset": dataset_record(train_src), "view_policy": policy.describe()}
         if t.sha256:
             expected["teacher"] = {"sha256": t.sha256}
         t.store.check_matches(expected)
         if t.store.num_classes != train_src.num_classes:
             raise StoreError(f"store has {t.store.num_classes} classes but {train_src.name} has {train_src.num_classes}")
-    return t
+        return t, policy
+    return t, view_policy(cfg)
 
 
 def _progress(console: Console) -> Progress:
@@ -101,6 +109,7 @@ class Trainer:
         self.cfg, self.role, self.resume = cfg, role, resume
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.run.output)
+        self.skipped: SkippedSteps | None = None  # fp16 steps skipped in a row (pipeline.nonfinite)
 
     def run(self) -> dict[str, Any]:
         with main_lock(self.out):
@@ -110,19 +119,21 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
-        self.train_src, self.val_src, self.test_src = load_splits(cfg.data)
+        splits = load_run_splits(cfg.data, cfg.run.seed)
+        self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
+        self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
         self.objective = self._objective()
-        self.policy = view_policy(cfg)
         self.mix = mix_config(cfg)
         self.augment = student_augment(cfg)
-        self.teacher = open_teacher(cfg, self.objective, self.train_src, self.policy, self.device)
+        self.teacher, self.policy = open_teacher(cfg, self.objective, splits.selection, self.device)
+        self.fresh = self._fresh_views()
         noise = getattr(self.train_src, "noise_rate", None)
         if noise is not None and self.dist.is_main:
             self.console.print(f"label noise {cfg.data.noise_mode} at rate {cfg.data.noise_rate}: "
                                f"{100 * noise:.2f}% of the training labels differ from the clean ones")
         self.labels = self.train_src.labels
         if self.teacher and self.teacher.store is not None:
-            self.labels = self.teacher.store.labels()  # the labels the teacher saw (e.g. noisy)
+            self.labels = self._rows(self.teacher.store.labels())  # the labels the teacher saw (e.g. noisy)
         self._build_model()
         self._build_optimizer()
         self.student_spec = input_spec(self.train_src, cfg.model.mean, cfg.model.std, cfg.model.input_size)
@@ -140,13 +151,31 @@ class Trainer:
             self.erasing = RandomErasing(cfg.augment.random_erasing, mode="pixel", device=str(self.device))
         self.test_teacher_pred = self._teacher_test_predictions()
 
+    def _rows(self, array: np.ndarray) -> np.ndarray:
+        """A store array (over the whole training selection) restricted to this run's training part."""
+        return array if self.store_rows is None else array[self.store_rows]
+
+    def _fresh_views(self) -> bool:
+        """Whether epochs draw new views; with a store that needs a view per epoch (``K >= epochs``)."""
+        store = self.teacher.store if self.teacher else None
+        try:
+            fresh = fresh_views(self.cfg, reads_store=store is not None)
+        except ValueError as exc:
+            raise RunError(str(exc)) from exc
+        epochs = self.cfg.optim.epochs
+        if fresh and store is not None and self.policy.kind != "none" and self.policy.num_views < epochs:
+            raise RunError(f"views.sampling is fresh but the store holds {self.policy.num_views} augmented views "
+                           f"for {epochs} epochs; write a store with views.num_views >= {epochs} or use cycle")
+        return fresh
+
     def _objective(self) -> Objective:
         ob = self.cfg.objective
         if self.role == "teacher" and ob.name != "vanilla":
             raise RunError(f"train-teacher uses the vanilla objective, but objective.name is {ob.name!r}")
         return build_objective(ob.name, kd_temperature=ob.kd_temperature, threshold=ob.threshold,
                                gt_weight=ob.gt_weight, kd_weight=ob.kd_weight, rate=ob.rate,
-                               max_weight=ob.max_weight, warmup_rate=ob.warmup_rate)
+                               max_weight=ob.max_weight, warmup_rate=ob.warmup_rate,
+                               warmup_style=ob.warmup_style)
 
     def _build_model(self) -> None:
         cfg, m = self.cfg, self.cfg.model
@@ -241,7 +270,8 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
         epochs = self.cfg.optim.epochs
         for epoch in range(start_epoch, epochs):
-            row = self._train_epoch(epoch)
+            row = self._train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+            check_weights([self.model], epoch, epochs, self.device, self.dist)
             row.update(self._evaluate())
             history.append(row)
             if self.dist.is_main:
@@ -252,14 +282,15 @@ class Trainer:
 
     def _epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
         """Where this epoch's view params and teacher logits come from."""
-        view = self.policy.epoch_view(epoch, self.cfg.views.augmented)
+        policy = self.policy.fresh(self.cfg.optim.epochs) if self.fresh else self.policy
+        view = policy.epoch_view(epoch, self.cfg.views.augmented)
         t = self.teacher
         if t is not None and t.mode == "store":
             assert t.store is not None
-            logits_all, params_all = t.store.read_view(view, verify=True)
+            logits_all, params_all = (self._rows(a) for a in t.store.read_view(view, verify=True))
             return (lambda idx: params_all[idx]), (lambda idx: logits_all[idx])
         src = self.train_src
-        return (lambda idx: sample_params(self.policy, idx, view, src.sizes_of(idx))), None
+        return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, t = self.cfg, self.teacher
@@ -272,6 +303,8 @@ class Trainer:
         order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
         batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
         self.model.train()
+        if self.skipped is None:  # after _restore loaded the scaler; the count runs across epochs
+            self.skipped = SkippedSteps(self.scaler)
         sums = np.zeros(9 + len(WEIGHT_BINS) - 1)  # loss gt kd align weight correct agree n steps | beta histogram
         num_updates = epoch * self.steps_per_epoch
         with _progress(self.console) as bar:
@@ -279,11 +312,14 @@ class Trainer:
             for step, b in enumerate(stream(self.train_src, batches, self.train_replayer, params_of, logits_of,
                                             self.labels)):
                 out, zs, zt = self._step(b, epoch, step)
+                self.skipped.update()
+                loss = out.total.item()  # the metrics below sync every step anyway
+                check_step(loss, self.skipped, epoch, cfg.optim.epochs, step, len(batches), self.device, self.dist)
                 num_updates += 1
                 self.scheduler.step_update(num_updates)
                 n = len(b.indices)
                 pred = zs.detach().argmax(1)
-                sums += [out.total.item() * n, out.terms["gt"].item() * n,
+                sums += [loss * n, out.terms["gt"].item() * n,
                          out.terms["kd"].item() * n if "kd" in out.terms else 0.0,
                          out.terms["align"].item() * n if "align" in out.terms else 0.0,
                          0.0 if out.sample_weight is None else out.sample_weight.sum().item(),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.sources.registry import load_splits
+from pipeline.sources.registry import load_run_splits, load_splits
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import invoke, ok
 from tests.formats import write_cifar100
@@ -46,9 +46,10 @@ def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
     ok(["infer-teacher", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common])
     cfg = load_config(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml",
                       [f"data.data_dir={fmnist_dir}", "data.limit=1000"])
-    train, _, _ = load_splits(cfg.data)
+    splits = load_run_splits(cfg.data)
     store = SoftLabelStore.open(tmp_path / "store")
-    np.testing.assert_array_equal(store.labels(), train.labels)
+    np.testing.assert_array_equal(store.labels(), splits.selection.labels)  # the store covers the validation part too
+    np.testing.assert_array_equal(store.labels()[splits.train_rows], splits.train.labels)
     assert store.attrs["dataset"]["realized_noise_rate"] == pytest.approx(t["noise_rate"])
     for name in ("noisy_only", "adaptconf"):
         res = ok(["train-student", str(ROOT / f"configs/noisy/fmnist_sym40_{name}.yaml"), *common,

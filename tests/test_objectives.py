@@ -99,11 +99,84 @@ def test_adaptconf_beta_range_and_agreement():
     assert (beta[~agree] < 0.5).all()
 
 
-def test_adaptconf_warmup():
-    obj = build_objective("adaptconf", warmup_rate=0.25)
-    assert obj.adaptconf_warmup(0, 20) == 0.0
-    assert obj.adaptconf_warmup(2, 20) == pytest.approx(0.4)
-    assert obj.adaptconf_warmup(10, 20) == 1.0
+def _upstream_beta_factor(epoch: int, total_epochs: int) -> float:
+    """The beta scale of the paper's ``adapt_conf_loss``, transcribed independently of pipeline.objectives:
+    few_shot_leaerning/utils/__init__.py lines 208-211 (and the same lines 25-28 of
+    noisy_labels_learning/utils_sel/kd_loss.py):
+        if epoch < int(total_epochs * 0.25): alpha = epoch / (total_epochs * 0.25) * alpha
+        else: alpha = alpha
+    """
+    if epoch < int(total_epochs * 0.25):
+        return epoch / (total_epochs * 0.25)
+    return 1.0
+
+
+# (warmup_style, the upstream epochs of a run of E epochs, the total_epochs upstream passes)
+UPSTREAM_CALLS = {
+    # train_classifier.py: `for epoch in range(1, max_epoch + 1 + 1)` (the extra epoch only with epoch_ex,
+    # unset in the paper's configs) and train_meta.py: `for epoch in range(1, max_epoch + 1)`; both call
+    # get_kd_loss(config, logits, teacher_logits, epoch, max_epoch, ...) (utils/kd_utils.py).
+    "few_shot": lambda E: (range(1, E + 1), E),
+    # noisy_labels_learning/CIFAR/train_Sel-CL_fine-tuning.py: `for epoch in range(args.initial_epoch, args.epoch + 1)`
+    # (initial_epoch defaults to 1), `train_mixup(args, model, ..., epoch, args.epoch + 1, teacher_model, kd_config)`.
+    "sel_cl": lambda E: (range(1, E + 1), E + 1),
+}
+
+
+@pytest.mark.parametrize("style", sorted(UPSTREAM_CALLS))
+@pytest.mark.parametrize("E", [5, 20, 100])
+def test_adaptconf_warmup_matches_upstream(style: str, E: int):
+    """Golden: the factor at every (0-based) epoch of an E-epoch run equals upstream's at the same epoch."""
+    obj = build_objective("adaptconf", warmup_rate=0.25, warmup_style=style)
+    epochs, total = UPSTREAM_CALLS[style](E)
+    expect = [_upstream_beta_factor(n, total) for n in epochs]
+    got = [obj.adaptconf_warmup(e, E) for e in range(E)]
+    assert got == pytest.approx(expect, abs=1e-12)
+    assert got[-1] == 1.0
+    if E == 5:  # int(5 * 0.25) = 1 (few_shot) and int(6 * 0.25) = 1 (sel_cl): upstream never ramps
+        assert got == [1.0] * 5
+    if E == 20 and style == "few_shot":
+        assert got[:6] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+
+
+def test_adaptconf_warmup_scales_beta():
+    zs, zt = torch.randn(16, 7), torch.randn(16, 7)
+    full = build_objective("adaptconf", threshold=0.5)(zs, zt, torch.zeros(16, dtype=torch.long))
+    obj = build_objective("adaptconf", threshold=0.5, warmup_rate=0.25)
+    out = obj(zs, zt, torch.zeros(16, dtype=torch.long), epoch=2, epochs=20)
+    torch.testing.assert_close(out.sample_weight, full.sample_weight * 0.6)
+    assert build_objective("adaptconf").adaptconf_warmup(0, 20) == 1.0  # warmup_rate 0: no warm-up
+    with pytest.raises(ValueError, match="valid: few_shot, sel_cl"):
+        build_objective("adaptconf", warmup_rate=0.25, warmup_style="linear")
+    from dataclasses import asdict
+
+    from pipeline.config import load_config
+
+    ob = load_config(None, ["objective.name=adaptconf", "objective.warmup_style=linear"]).objective
+    with pytest.raises(ValueError, match="unknown warmup_style 'linear'"):  # what train-student builds from the config
+        build_objective(**asdict(ob))
+
+
+def test_defaults_are_the_papers():
+    """classification train.py: --superalignment-rate 0.3, --superalignment-threshold 0.5, --kd-temperature 1."""
+    from pipeline.config import ObjectiveConfig
+
+    obj, cfg = build_objective("augconf"), ObjectiveConfig()
+    assert (obj.rate, obj.max_weight, obj.threshold, obj.kd_temperature) == (0.3, 0.5, 0.5, 1.0)
+    assert (cfg.rate, cfg.max_weight, cfg.threshold, cfg.kd_temperature) == (0.3, 0.5, 0.5, 1.0)
+
+
+def test_augconf_alpha_matches_upstream():
+    """classification/distillers/adaptconf.py AugConf lines 22-25, transcribed, at 0-based train.py epochs."""
+    obj = build_objective("augconf")
+    for E in (10, 240):
+        for e in range(E):
+            rate, threshold = 0.3, 0.5
+            if e < int(E * rate):
+                alpha = e / (E * rate) * threshold
+            else:
+                alpha = threshold
+            assert obj.augconf_alpha(e, E) == pytest.approx(alpha, abs=1e-12)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "kd", "augconf", "adaptconf"])

@@ -82,6 +82,9 @@ FS_DIMS = {
     "fs_resnet12v": (512, 512),
     "fs_resnet18v": (512, 512),
     "fs_resnet36v": (512, 512),
+    "fs_resnet12_bottle": (512, 512),
+    "fs_resnet18_bottle": (512, 512),
+    "fs_resnet36_bottle": (512, 512),
 }
 
 
@@ -116,6 +119,33 @@ def test_fs_resnet12_blocks_and_pretrained() -> None:
     assert [len(s) for s in timm.create_model("fs_resnet18v").stages] == [1, 2, 2, 1]
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model("fs_resnet12v", pretrained=True)
+
+
+@pytest.mark.parametrize("name,depths", [("fs_resnet12_bottle", [1, 1, 1, 1]), ("fs_resnet18_bottle", [1, 2, 2, 1]),
+                                         ("fs_resnet36_bottle", [2, 3, 5, 2])])
+def test_fs_bottle_matches_the_papers_resnet(name: str, depths: list[int]) -> None:
+    """few_shot_leaerning/models/resnet.py ``ResNet``: the 1x1 shortcut and the max-pool only in each stage's
+    first block, three 3x3 convs per block (12/18/36 convs), widths 64-128-256-512, shapes at 80 and 84."""
+    model = timm.create_model(name).eval()
+    assert [len(s) for s in model.stages] == depths
+    convs3 = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs3) == 3 * sum(depths) == int(name[len("fs_resnet"):].split("_")[0])
+    for stage, width in zip(model.stages, (64, 128, 256, 512)):
+        for j, block in enumerate(stage):
+            assert block.conv3.out_channels == width
+            assert isinstance(block.pool, torch.nn.MaxPool2d) == (j == 0)
+            assert isinstance(block.downsample, torch.nn.Identity) == (j > 0)
+    sizes = []
+    hooks = [s.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:]))) for s in model.stages]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 80, 80)).shape == (2, 512)
+    assert sizes == [(64, 40, 40), (128, 20, 20), (256, 10, 10), (512, 5, 5)]  # Meta-Baseline's 80x80 input
+    sizes.clear()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 84, 84)).shape == (1, 512)
+    assert sizes[-1] == (512, 5, 5)
+    for h in hooks:
+        h.remove()
 
 
 # ---------------------------------------------------------------- episode sampling

@@ -1,4 +1,5 @@
-"""Few-shot learning backbones (Conv-4, ResNet-12 and ResNet-12/18/36 "v" variants) registered into timm.
+"""Few-shot learning backbones (Conv-4, ResNet-12, ResNet-12/18/36 "v" variants and the paper's
+ResNet-12/18/36 "bottle" backbones) registered into timm.
 
 Names carry an ``fs_`` prefix so they cannot shadow timm's own models. Every backbone's
 ``forward_features`` returns a pooled feature vector ``[B, num_features]`` (the embedding used
@@ -41,6 +42,9 @@ default_cfgs = generate_default_cfgs({
     "fs_resnet12v": _cfg(first_conv="stages.0.0.conv1"),
     "fs_resnet18v": _cfg(first_conv="stages.0.0.conv1"),
     "fs_resnet36v": _cfg(first_conv="stages.0.0.conv1"),
+    "fs_resnet12_bottle": _cfg(first_conv="stages.0.0.conv1"),
+    "fs_resnet18_bottle": _cfg(first_conv="stages.0.0.conv1"),
+    "fs_resnet36_bottle": _cfg(first_conv="stages.0.0.conv1"),
 })
 
 
@@ -108,10 +112,11 @@ class ConvNet4(_HeadMixin, nn.Module):
 class ResBlock3(nn.Module):
     """Residual block of three conv3x3-BN (LeakyReLU 0.1 between and after) with a 1x1 conv+BN shortcut.
 
-    ``pool`` appends a 2x max-pool (the Meta-Baseline ResNet-12 pools inside every block).
+    ``pool`` appends a 2x max-pool (the Meta-Baseline ResNet-12 pools inside every block);
+    ``shortcut=False`` makes the shortcut the identity (needs ``in_planes == planes``).
     """
 
-    def __init__(self, in_planes: int, planes: int, pool: bool) -> None:
+    def __init__(self, in_planes: int, planes: int, pool: bool, shortcut: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -120,7 +125,10 @@ class ResBlock3(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
         self.act = nn.LeakyReLU(0.1)
-        self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, bias=False), nn.BatchNorm2d(planes))
+        if not shortcut and in_planes != planes:
+            raise ValueError(f"an identity shortcut needs in_planes == planes, got {in_planes} -> {planes}")
+        self.downsample: nn.Module = (nn.Sequential(nn.Conv2d(in_planes, planes, 1, bias=False), nn.BatchNorm2d(planes))
+                                      if shortcut else nn.Identity())
         self.pool: nn.Module = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +143,9 @@ class FewShotResNet(_HeadMixin, nn.Module):
     """Stages of :class:`ResBlock3` with one 2x max-pool at the end of each stage, then global average pool.
 
     ``depths=[1,1,1,1]`` with widths 64-160-320-640 is the Meta-Baseline ResNet-12.
+    ``layout="bottle"`` is the paper's ``ResNet`` (few_shot_leaerning/models/resnet.py): only the first
+    block of each stage has the 1x1 conv+BN shortcut and the 2x max-pool, later blocks keep the identity
+    shortcut at the pooled size; its convs use kaiming-normal (fan_out, leaky_relu, slope 0) as there.
     """
 
     def __init__(
@@ -143,16 +154,23 @@ class FewShotResNet(_HeadMixin, nn.Module):
         widths: Sequence[int],
         num_classes: int = 0,
         in_chans: int = 3,
+        layout: str = "pool_last",
     ) -> None:
         super().__init__()
         if len(depths) != len(widths):
             raise ValueError(f"depths {list(depths)} and widths {list(widths)} must have the same length")
+        if layout not in ("pool_last", "bottle"):
+            raise ValueError(f"layout must be pool_last or bottle, got {layout!r}")
+        bottle = layout == "bottle"
         stages: list[nn.Module] = []
         in_planes = in_chans
         for depth, planes in zip(depths, widths):
             blocks = []
             for j in range(depth):
-                blocks.append(ResBlock3(in_planes, planes, pool=(j == depth - 1)))
+                if bottle:
+                    blocks.append(ResBlock3(in_planes, planes, pool=(j == 0), shortcut=(j == 0)))
+                else:
+                    blocks.append(ResBlock3(in_planes, planes, pool=(j == depth - 1)))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -161,7 +179,7 @@ class FewShotResNet(_HeadMixin, nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu", a=0.1)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu", a=0.0 if bottle else 0.1)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -192,7 +210,8 @@ def _check_pretrained(name: str, pretrained: bool) -> None:
         raise ValueError(f"{name}: no pretrained weights are available; build with pretrained=False and train it")
 
 
-def _resnet(name: str, depths: Sequence[int], widths: Sequence[int], pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+def _resnet(name: str, depths: Sequence[int], widths: Sequence[int], pretrained: bool, kwargs: dict[str, Any],
+            layout: str = "pool_last") -> nn.Module:
     """Shared factory for the ResNet-style backbones; unrelated timm kwargs are ignored.
 
     ``img_size`` only sets the recorded ``input_size`` (global pooling accepts any size).
@@ -200,7 +219,7 @@ def _resnet(name: str, depths: Sequence[int], widths: Sequence[int], pretrained:
     _check_pretrained(name, pretrained)
     num_classes = kwargs.get("num_classes", 0)
     in_chans = kwargs.get("in_chans", 3)
-    model = FewShotResNet(depths, widths, num_classes=num_classes, in_chans=in_chans)
+    model = FewShotResNet(depths, widths, num_classes=num_classes, in_chans=in_chans, layout=layout)
     return _finish(model, name, in_chans, kwargs.get("img_size", 84))
 
 
@@ -236,3 +255,25 @@ def fs_resnet18v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
 def fs_resnet36v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
     """ResNet-36 variant: widths 64-128-256-512, stage depths [2, 3, 5, 2]; 512-d features."""
     return _resnet("fs_resnet36v", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, kwargs)
+
+
+# The paper's few-shot backbones (few_shot_leaerning/models/resnet.py: resnet12_bottle = ResNet([1, 1, 1, 1]),
+# resnet18_bottle = ResNet([1, 2, 2, 1]), resnet36_bottle = ResNet([2, 3, 5, 2]), widths 64-128-256-512):
+# three convs per block, so 12 / 18 / 36 conv layers before the shortcuts.
+
+@register_model
+def fs_resnet12_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+    """The paper's ResNet-12 ("resnet12_bottle"): stage depths [1, 1, 1, 1], widths 64-128-256-512; 512-d features."""
+    return _resnet("fs_resnet12_bottle", (1, 1, 1, 1), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")
+
+
+@register_model
+def fs_resnet18_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+    """The paper's ResNet-18 ("resnet18_bottle"): stage depths [1, 2, 2, 1], widths 64-128-256-512; 512-d features."""
+    return _resnet("fs_resnet18_bottle", (1, 2, 2, 1), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")
+
+
+@register_model
+def fs_resnet36_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+    """The paper's ResNet-36 ("resnet36_bottle"): stage depths [2, 3, 5, 2], widths 64-128-256-512; 512-d features."""
+    return _resnet("fs_resnet36_bottle", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")

@@ -1,6 +1,8 @@
 """Dataset lookup by name and the train/test selection a config describes (subset halves, limits)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.config import DataConfig
@@ -77,8 +79,20 @@ def with_noise(source: Source, cfg: DataConfig) -> Source:
     return noisy
 
 
-def load_splits(cfg: DataConfig) -> tuple[Source, Source | None, Source]:
-    """Training selection, validation split held out from it (``val_fraction``, else None), test split."""
+@dataclass
+class Splits:
+    """The data of one run: the training selection (what a teacher store covers), the part of it that
+    trains (``train_rows`` of the selection; None when nothing is held out), validation and test."""
+
+    selection: Source
+    train: Source
+    val: Source | None
+    test: Source
+    train_rows: np.ndarray | None = None
+
+
+def training_selection(cfg: DataConfig) -> tuple[Source, Source]:
+    """The training selection (classes, subset, limit, label noise) before any validation hold-out, and the test split."""
     def load(split: str) -> Source:
         return load_source(cfg.source, split, cfg.data_dir, cfg.image_size, cfg.skip_corrupt)
 
@@ -92,14 +106,23 @@ def load_splits(cfg: DataConfig) -> tuple[Source, Source | None, Source]:
     test = select(test, "all", 0, cfg.test_limit)
     if cfg.noise_mode != "none":
         train = with_noise(train, cfg)
-    val = None
+    return train, test
+
+
+def load_run_splits(cfg: DataConfig, run_seed: int = 0) -> Splits:
+    """The selection and its validation hold-out (``val_fraction``, drawn from ``val_seed``, or from
+    ``run_seed`` when that is unset), checked: no split empty, every label within the classes."""
+    selection, test = training_selection(cfg)
+    train, val, rows = selection, None, None
     if cfg.val_fraction > 0:
         if not 0 < cfg.val_fraction < 1:
             raise DataError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
-        perm = np.random.default_rng([cfg.val_seed, len(train)]).permutation(len(train))
-        n_val = max(1, int(round(cfg.val_fraction * len(train))))
-        val = train.subset(np.sort(perm[:n_val]), f"{train.split}:val{cfg.val_fraction}")
-        train = train.subset(np.sort(perm[n_val:]), f"{train.split}:train{1 - cfg.val_fraction:g}")
+        val_seed = cfg.val_seed if cfg.val_seed is not None else run_seed
+        perm = np.random.default_rng([val_seed, len(selection)]).permutation(len(selection))
+        n_val = max(1, int(round(cfg.val_fraction * len(selection))))
+        rows = np.sort(perm[n_val:])
+        val = selection.subset(np.sort(perm[:n_val]), f"{selection.split}:val{cfg.val_fraction}")
+        train = selection.subset(rows, f"{selection.split}:train{1 - cfg.val_fraction:g}")
     for src in (train, val, test):
         if src is None:
             continue
@@ -108,10 +131,16 @@ def load_splits(cfg: DataConfig) -> tuple[Source, Source | None, Source]:
         lo, hi = int(src.labels.min()), int(src.labels.max())
         if lo < 0 or hi >= src.num_classes:
             raise DataError(f"{src.name}/{src.split}: labels {lo}..{hi} fall outside the {src.num_classes} classes")
-    return train, val, test
+    return Splits(selection, train, val, test, rows)
+
+
+def load_splits(cfg: DataConfig, run_seed: int = 0) -> tuple[Source, Source | None, Source]:
+    """Training part, validation split (``val_fraction``, else None) and test split (see :func:`load_run_splits`)."""
+    s = load_run_splits(cfg, run_seed)
+    return s.train, s.val, s.test
 
 
 def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
-    """The training selection (without any validation hold-out) and the test split of ``cfg``."""
-    train, _, test = load_splits(cfg)
-    return train, test
+    """The training selection (without any validation hold-out: a store covers it all) and the test split."""
+    s = load_run_splits(cfg)
+    return s.selection, s.test
