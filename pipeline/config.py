@@ -81,15 +81,26 @@ class ViewsConfig:
 class AugmentConfig:
     """Augmentations the teacher did not see, for the student only (see README, "cached-teacher approximations").
 
-    ``policy``: none | rand_augment (``num_ops``, ``magnitude``) | auto_augment (ImageNet policy), applied
-    by DALI to the replayed view; ``random_erasing``: probability (timm's RandomErasing, per-pixel);
-    ``mixup``/``cutmix``: Beta alphas (0 = off), the cached teacher target is mixed the same way.
+    ``policy``: none | rand_augment | auto_augment, timm's recipes applied by DALI to the replayed
+    (flipped) view. ``rand_augment`` is timm's ``rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}``,
+    with ``-inc1`` when ``increasing`` (the MAE recipe: ``rand-m9-mstd0.5-inc1``); ``auto_augment`` is
+    timm's ``original-mstd{magnitude_std}`` (the AutoAugment paper's ImageNet policy; the paper's
+    CIFAR v1 recipe). ``magnitude`` is in timm's units, 0..10 (10 = full strength); ``magnitude_std``
+    is timm's per-op magnitude noise (0 = fixed). What differs from timm: README, "Cached-teacher
+    approximations". ``random_erasing``: probability (timm's RandomErasing, per-pixel, each sample
+    independently), applied before mixup/cutmix (``erase_before_mix``: timm's per-sample transform,
+    as in MAE's fine-tuning) or after it (false: timm's train.py with its prefetcher, the order of
+    the paper's train.py). ``mixup``/``cutmix``: Beta alphas (0 = off), the cached teacher target is
+    mixed the same way.
     """
 
     policy: str = "none"
     num_ops: int = 2
     magnitude: int = 9
+    magnitude_std: float = 0.5
+    increasing: bool = True
     random_erasing: float = 0.0
+    erase_before_mix: bool = True
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
@@ -339,7 +350,7 @@ RULES: dict[str, Check] = {
     "views.scale": Check(0, 1, lo_open=True, pair=True), "views.ratio": Check(lo=0, lo_open=True, pair=True),
     "views.crop_pct": _within(0, 1, lo_open=True), "views.seed": _at_least(0),
     # augment
-    "augment.num_ops": _at_least(1), "augment.magnitude": _within(0, 30), "augment.random_erasing": _within(0, 1),
+    "augment.num_ops": _at_least(1), "augment.magnitude": _within(0, 10), "augment.magnitude_std": _within(0, 100), "augment.random_erasing": _within(0, 1),
     "augment.mixup": _at_least(0), "augment.cutmix": _at_least(0), "augment.mix_prob": _within(0, 1),
     "augment.switch_prob": _within(0, 1), "augment.label_smoothing": _within(0, 1, hi_open=True),
     # model

@@ -29,7 +29,7 @@ def fresh_views(cfg: Config, reads_store: bool) -> bool:
 
 def student_augment(cfg: Config) -> StudentAugment:
     a = cfg.augment
-    return StudentAugment(a.policy, a.num_ops, a.magnitude)
+    return StudentAugment(a.policy, a.num_ops, a.magnitude, a.magnitude_std, a.increasing)
 
 
 def mix_config(cfg: Config) -> MixConfig:

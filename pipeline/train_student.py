@@ -357,6 +357,12 @@ class Trainer:
         target: Tensor = b.labels
         mix = draw(self.mix, batch_rng(cfg.run.seed, epoch, step)) if self.mix.active else None
         lam = 1.0
+        # timm's RandomErasing erases each sample of a batch independently (python `random`, reseeded per
+        # epoch, and the device's torch generator); before mixing as timm's per-sample transform does
+        # (MAE), or after it as timm's train.py does with its prefetcher (augment.erase_before_mix).
+        erase_first = self.erasing is not None and cfg.augment.erase_before_mix
+        if erase_first:
+            x = self.erasing(x)
         if mix is not None:
             x, lam = mix_images(x, mix)
             if x_t is not None:
@@ -365,7 +371,7 @@ class Trainer:
                 zt = mix_teacher_logits(zt, lam, self.objective.kd_temperature)
         if mix is not None or self.mix.label_smoothing > 0:
             target = mix_targets(b.labels, self.train_src.num_classes, lam, self.mix.label_smoothing)
-        if self.erasing is not None:
+        if self.erasing is not None and not erase_first:
             x = self.erasing(x)
         if t is not None and t.mode == "online":
             assert t.model is not None and x_t is not None

@@ -202,7 +202,8 @@ class StudentAugment:
         if self.policy not in self.POLICIES:
             raise ValueError(f"unknown augment.policy {self.policy!r}; valid: {', '.join(self.POLICIES)}")
         if not 0 <= self.magnitude <= MAX_LEVEL:
-            raise ValueError(f"augment.magnitude is in timm's units, 0..{MAX_LEVEL} (rand-m9 = 9); got {self.magnitude}")
+            raise ValueError(f"augment.magnitude is in timm's units, 0..{MAX_LEVEL} (rand-m9 is 9), "
+                             f"got {self.magnitude}")
         if not 0 <= self.magnitude_std <= 100:  # timm reads mstd > 100 as uniform sampling, not supported here
             raise ValueError(f"augment.magnitude_std must be in [0, 100], got {self.magnitude_std}")
         if self.num_ops < 1:
@@ -312,15 +313,16 @@ def op_param(name: str, magnitude: float) -> np.ndarray:
     raise ValueError(f"op {name!r} takes no parameter")
 
 
-
 def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[InputSpec],
            crop_hw: tuple[int, int] | None, augment: StudentAugment | None = None) -> list[Any]:
     """The DALI graph shared by both stages: crop (zero padding outside), resize, flip, normalize.
 
+    The resize is bilinear and antialiased when it downscales, as PIL's (timm's) bilinear resize.
     ``outputs`` lists the consumers (the student, and the teacher in online mode; the teacher
     alone in stage 1). ``crop_hw`` is the crop size when every view's crop already has the output
-    size (pad-and-crop, no resize needed), else None. ``augment`` (RandAugment / AutoAugment)
-    changes the first output only, after the crop, so the teacher's copy stays the stored view.
+    size (pad-and-crop, no resize needed), else None. ``augment`` (timm's RandAugment /
+    AutoAugment, :func:`_timm_augment`) changes the first output only, after the crop and the flip
+    (timm's order), so the teacher's copy stays the stored view.
     """
     from nvidia.dali import fn, types
 
@@ -343,13 +345,14 @@ def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[InputS
 
 
 def _warp(data: Any, matrix: Any, fill: tuple[int, ...]) -> Any:
-    """Bilinear affine warp (``matrix`` maps source to output) with a per-channel fill (timm's img_mean)."""
+    """Bilinear affine warp by ``matrix`` (a ``fn.transforms`` output, as DALI's auto_aug ops use it) with a
+    per-channel fill: timm's fill color is the normalization mean, DALI's ``fill_value`` one number."""
     from nvidia.dali import fn, types
 
     if len(set(fill)) == 1:
         return fn.warp_affine(data, matrix=matrix, fill_value=float(fill[0]), inverse_map=False)
     # DALI fills with one value: warp the image minus the fill color, fill 0, add it back (linear, so exact).
-    f = types.Constant(np.array(fill, dtype=np.float32))
+    f = types.Constant(np.array(fill, dtype=np.float32), device=data.device or "cpu")
     moved = fn.warp_affine(fn.cast(data, dtype=types.FLOAT) - f, matrix=matrix, fill_value=0.0, inverse_map=False)
     return fn.cast(moved + f, dtype=types.UINT8)
 
@@ -407,12 +410,14 @@ class _TimmOp:
             self.op, self.param_device, self.kwargs = dali[base].op, dali[base].param_device, {}
         else:
             self.op, self.param_device = warps[base], "cpu"
-            self.kwargs = {"fill": fill, **({"shape": shape} if base != "ShearX" and base != "ShearY" else {})}
+            self.kwargs = {"fill": fill} if base.startswith("Shear") else {"fill": fill, "shape": shape}
         if name not in self._tables:
             from nvidia.dali.pipeline import do_not_convert  # plain Python: autograph would make this very slow
 
             self._tables[name] = do_not_convert(op_param_table)(name)
         self.table = self._tables[name]
+        if base == "Color" and len(fill) == 1:  # PIL's Color leaves a grayscale image as it is (DALI's needs RGB)
+            self.op, self.table = _identity, None
 
     def __call__(self, data: Any, param_index: Any) -> Any:
         from nvidia.dali import types
@@ -462,7 +467,8 @@ def augment_draws(augment: StudentAugment) -> tuple[Any, Any]:
         level = types.Constant(np.array([[m for _, _, m in s] for s in table], dtype=np.float32))[sub]
     idx = op * run + len(names) * (1 - run)  # a skipped stage runs the identity
     if augment.magnitude_std > 0:
-        noisy = dmath.clamp(level + fn.random.normal(shape=(stages,)) * float(augment.magnitude_std), 0.0, float(MAX_LEVEL))
+        noise = fn.random.normal(shape=(stages,)) * float(augment.magnitude_std)
+        noisy = dmath.clamp(level + noise, 0.0, float(MAX_LEVEL))
         bins = fn.cast(dmath.floor(noisy * float(BINS_PER_LEVEL) + 0.5), dtype=types.INT32)
     elif isinstance(level, float):
         bins = int(round(level * BINS_PER_LEVEL))

@@ -73,3 +73,21 @@ def test_dali_replay_floor_bench() -> None:
     assert set(us) == {"feed", "slice", "replay"} and all(v > 0 for v in us.values())
     assert all(len(t) == 2 for t in res["seconds"].values())
     assert "`pipeline.views.replay`" in table
+
+
+def test_cache_cost_bench_pairs_store_runs_with_online_runs(fmnist_dir, tmp_path) -> None:
+    """K = epochs replays exactly the online run's fresh views, so its paired difference is ~0."""
+    res, table = bench("cache_cost.py", "--limit", "400", "--test-limit", "200", "--epochs", "2", "--ks", "1",
+                       "--seeds", "0,1", "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "cc"))
+    assert res["ks"] == [1, 2]
+    rows = {r["regime"]: r for r in res["rows"]}
+    assert set(rows) == {"online", "store K=1", "store K=2"} and all(r["seeds"] == 2 for r in rows.values())
+    same = rows["store K=2"]
+    assert abs(same["diff_mean"]) <= 0.01  # same views, same seeds: only the float16 logits differ
+    for key in ("store K=1", "store K=2"):
+        per_seed = res["per_seed"]
+        expect = sum(per_seed[key][s] - per_seed["online"][s] for s in ("0", "1")) / 2
+        assert rows[key]["diff_mean"] == pytest.approx(expect)
+        assert rows[key]["stage1_s"] > 0 and rows[key]["stage1_fraction"] > 0
+    assert (tmp_path / "cc" / "cache_cost.png").exists()
+    assert "| store, K = 2 | 2 |" in table

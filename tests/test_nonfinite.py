@@ -46,7 +46,7 @@ BAD = [  # (override, the key the error must name)
     ("augment.random_erasing=1.5", "augment.random_erasing"), ("augment.mixup=-1", "augment.mixup"),
     ("augment.cutmix=.inf", "augment.cutmix"), ("augment.mix_prob=2", "augment.mix_prob"),
     ("augment.switch_prob=-0.5", "augment.switch_prob"), ("augment.label_smoothing=1", "augment.label_smoothing"),
-    ("augment.magnitude=31", "augment.magnitude"), ("augment.num_ops=0", "augment.num_ops"),
+    ("augment.magnitude=11", "augment.magnitude"), ("augment.magnitude_std=-1", "augment.magnitude_std"), ("augment.num_ops=0", "augment.num_ops"),
     ("data.noise_rate=1.5", "data.noise_rate"), ("data.val_fraction=1", "data.val_fraction"),
     ("data.limit=-1", "data.limit"), ("data.image_size=0", "data.image_size"), ("data.classes=[0, -1]", "data.classes[1]"),
     ("views.num_views=0", "views.num_views"), ("views.pad=-1", "views.pad"),
