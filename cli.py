@@ -15,7 +15,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Weak-to-strong training with cached teacher soft labels (DESIGN.md).")
+                  help="Weak-to-strong training with cached teacher soft labels (docs/design.md).")
 console = Console(stderr=True)
 _state = {"debug": False}
 T = TypeVar("T")

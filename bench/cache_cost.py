@@ -16,7 +16,7 @@ plus one pass over the training set per view), and the online teacher's total co
 ``epochs x c1`` (one pass per epoch, the replay of its copy included). The weak teacher is
 ``configs/fmnist/teacher_linear.yaml`` (seed 0), shared by all runs.
 
-    python bench/cache_cost.py                      # the README's table (about 30 min on 2 cores)
+    python bench/cache_cost.py                      # docs/cache_cost.md's table
     python bench/cache_cost.py --limit 300 --test-limit 200 --epochs 3 --ks 1 --seeds 0,1   # a smoke run
 """
 from __future__ import annotations

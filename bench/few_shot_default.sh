@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The few-shot experiment on Fashion-MNIST (configs/few_shot/README_section.md): base classes 0-5 for
+# The few-shot experiment on Fashion-MNIST (docs/scenarios/few_shot.md): base classes 0-5 for
 # the classifier and meta stages, 4-way episodes of the novel classes 6-9 for evaluation.
 # Finished runs (those with a result.json) are skipped; the evaluations always run (about 10 s each).
 # Usage: bench/few_shot_default.sh        (from anywhere; W2S overrides the command, e.g. W2S=w2s)

@@ -79,14 +79,14 @@ class ViewsConfig:
 
 @dataclass
 class AugmentConfig:
-    """Augmentations the teacher did not see, for the student only (see README, "cached-teacher approximations").
+    """Augmentations the teacher did not see, for the student only (see docs/cached_teacher.md).
 
     ``policy``: none | rand_augment | auto_augment, timm's recipes applied by DALI to the replayed
     (flipped) view. ``rand_augment`` is timm's ``rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}``,
     with ``-inc1`` when ``increasing`` (the MAE recipe: ``rand-m9-mstd0.5-inc1``); ``auto_augment`` is
     timm's ``original-mstd{magnitude_std}`` (the AutoAugment paper's ImageNet policy; the paper's
     CIFAR v1 recipe). ``magnitude`` is in timm's units, 0..10 (10 = full strength); ``magnitude_std``
-    is timm's per-op magnitude noise (0 = fixed). What differs from timm: README, "Cached-teacher
+    is timm's per-op magnitude noise (0 = fixed). What differs from timm: docs/cached_teacher.md, "Cached-teacher
     approximations". ``random_erasing``: probability (timm's RandomErasing, per-pixel, each sample
     independently), applied before mixup/cutmix (``erase_before_mix``: timm's per-sample transform,
     as in MAE's fine-tuning) or after it (false: timm's train.py with its prefetcher, the order of
@@ -128,7 +128,7 @@ class TeacherConfig:
 
     ``checkpoint`` is a ``w2s train-teacher`` run directory (or its model.safetensors); with ``model``
     set (a timm name) it is an external timm-style ``.pth``/``.safetensors`` file instead.
-    ``layout``: full (float16 logits) or top_k (``top_k`` logits + indices + tail mass; README).
+    ``layout``: full (float16 logits) or top_k (``top_k`` logits + indices + tail mass; docs/store.md).
     """
 
     checkpoint: str | None = None

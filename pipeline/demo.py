@@ -49,7 +49,7 @@ WITH_GT = (Student("student_gt_adaptconf", "ground truth + AdaptConf", "student_
 PAIRS = (("student_adaptconf", "student_kd"), ("student_adaptconf", "student_augconf"), ("student_augconf", "student_kd"),
          ("student_gt_adaptconf", "strong_ceiling"))
 QUICK_TRUST = ("one quick seed is a smoke test, not a comparison: its models train 3 of the recipe's 10 epochs "
-               "(README, 'The quick demo' has it over three seeds); compare objectives with --seeds 0,1,2 and the "
+               "(docs/demo.md has it over three seeds); compare objectives with --seeds 0,1,2 and the "
                "paired table")
 
 

@@ -1,6 +1,6 @@
 """The few-shot scenario: episodic evaluation of an encoder and Meta-Baseline fine-tuning with a weak teacher.
 
-The scenario has three steps (README, "Scenario: few-shot"):
+The scenario has three steps (docs/scenarios/few_shot.md):
 
 1. **classifier stage**: the ordinary ``w2s train-teacher`` / ``infer-teacher`` / ``train-student``
    on the base classes (``data.classes``, or miniImageNet's ``train_phase_train``);

@@ -1,7 +1,7 @@
 """Mixup / CutMix on a batch, with the teacher target mixed the same way.
 
 With a cached teacher the images are mixed after the teacher saw them, so the teacher target
-becomes the same mix of the two cached teacher distributions (DESIGN.md). To keep the
+becomes the same mix of the two cached teacher distributions (docs/design.md). To keep the
 objectives' logits interface, the mix is returned as logits whose softmax at the KD temperature
 ``T`` is exactly ``lam * p_T(z_a) + (1 - lam) * p_T(z_b)``: ``T * log(mix)``. In online mode the
 teacher sees the mixed image instead and no approximation is made.

@@ -1,4 +1,4 @@
-"""Training objectives: vanilla, kd, augconf and adaptconf, exactly as DESIGN.md defines them.
+"""Training objectives: vanilla, kd, augconf and adaptconf, exactly as docs/design.md defines them.
 
 Each objective maps ``(student_logits, teacher_logits, target, epoch, epochs)`` to an
 :class:`ObjectiveOutput` holding the scalar to backpropagate, detached per-term scalars for

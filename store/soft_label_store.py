@@ -1,6 +1,6 @@
 """A Zarr v3 store of cached teacher logits and view parameters, aligned on (sample, view).
 
-Layout (DESIGN.md, "The store"):
+Layout (docs/design.md, "The store"):
 
 - ``logits``       ``[N, V, C]`` float16, one chunk = one view of a block of samples, zstd.
 - ``view_params``  ``[N, V, P]`` float32, same chunking.

@@ -235,7 +235,7 @@ def test_op_pixels_match_timm_at_m9(name, channels, monkeypatch):
     are, as PIL's does. Geometric ops: the same
     transform, the signs pair up; pixels differ along the warped image's edges (DALI blends the
     edge pixel with the fill, PIL does not), mean abs diff below 1.5. Equalize is not compared:
-    DALI's follows OpenCV's formula, not PIL's (README, "Cached-teacher approximations").
+    DALI's follows OpenCV's formula, not PIL's (docs/cached_teacher.md).
     """
     images = _rgb_photos(24, 64, channels)
     fill = FILL[:channels]
