@@ -3,7 +3,9 @@
 Every combination of the ``--grid`` values and ``--seeds`` becomes one run under the sweep
 directory, named after its settings. The store is made first (only if missing); finished runs
 are skipped and unfinished ones resumed, so the same command can be run again after a crash.
-With ``parallel > 1`` runs go to that many ``python cli.py train-student`` processes at a time.
+With ``parallel > 1`` runs go to that many worker processes at a time (``python -m pipeline.sweep``,
+this module's entry point: one resumed student run). A run that fails (a diverging lr, say) does
+not stop the others; the sweep ends with an error naming the failures.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from rich.console import Console
 from pipeline.checkpoint import write_json
 from pipeline.config import ConfigError, load_config, parse_override
 from pipeline.runtime import RunError
-from store.soft_label_store import SoftLabelStore
+from store.soft_label_store import SoftLabelStore, StoreError
 
-CLI = Path(__file__).resolve().parent.parent / "cli.py"
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ERRORS = (ConfigError, RunError, StoreError, ValueError, OSError)  # a run's own failure, not the sweep's
 
 
 @dataclass(frozen=True)
@@ -103,24 +106,54 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     def args_of(r: SweepRun) -> list[str]:
         return base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]
 
+    failed: list[str] = []
     if parallel <= 1:
         for i, r in enumerate(todo):
             console.rule(f"[{i + 1}/{len(todo)}] {r.name}")
-            train(load_config(config, args_of(r)), role="student", resume=True, console=console)
+            try:
+                train(load_config(config, args_of(r)), role="student", resume=True, console=console)
+            except RUN_ERRORS as exc:
+                console.print(f"FAILED {r.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                              highlight=False)
+                failed.append(r.name)
     else:
         def launch(r: SweepRun) -> tuple[str, int]:
             log = out / r.name / "sweep.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, str(CLI), "train-student", str(config), "--resume"]
-            for a in args_of(r):
-                cmd += ["--set", a]
+            cmd = [sys.executable, "-m", "pipeline.sweep", str(config), *args_of(r)]
             with open(log, "w") as f:
-                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=_worker_env()).returncode
             console.print(f"{'finished' if code == 0 else 'FAILED'} {r.name}" + ("" if code == 0 else f" (see {log})"))
             return r.name, code
 
         with ThreadPoolExecutor(parallel) as pool:
             failed = [name for name, code in pool.map(launch, todo) if code != 0]
-        if failed:
-            raise RunError(f"{len(failed)} sweep runs failed, first {failed[0]}; rerun the command to retry them")
+    if failed:
+        raise RunError(f"{len(failed)} of {len(todo)} sweep runs failed, first {failed[0]}; "
+                       "rerun the command to retry them")
     return manifest
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker process: this one's, with the project root importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _worker(argv: list[str]) -> int:
+    """``python -m pipeline.sweep CONFIG KEY=VALUE...``: one resumed student run; 2 on the run's own errors."""
+    from pipeline.train_student import train
+
+    console = Console(stderr=True)
+    try:
+        result = train(load_config(argv[0], argv[1:]), role="student", resume=True, console=console)
+    except RUN_ERRORS as exc:
+        console.print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", highlight=False)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

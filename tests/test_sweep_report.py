@@ -72,6 +72,21 @@ def test_parallel_sweep_uses_processes(setup):
     assert all((r.path / "sweep.log").exists() for r in runs)
 
 
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_diverging_run_does_not_stop_the_sweep(setup, parallel):
+    """One grid point diverges (lr 1e30): the other runs finish, the sweep exits 2 naming the failure."""
+    out, cfg = setup
+    sweep_dir = out / f"diverge{parallel}"
+    res = runner.invoke(app, ["sweep", str(cfg), "--grid", "optim.lr=1e30,0.05", "--seeds", "0",
+                              "--parallel", parallel, "--output", str(sweep_dir)])
+    assert res.exit_code == 2
+    assert "1 of 2 sweep runs failed, first lr=1e30__seed=0" in " ".join(res.output.split())
+    assert (sweep_dir / "lr=0.05__seed=0" / "result.json").exists()
+    assert not (sweep_dir / "lr=1e30__seed=0" / "result.json").exists()
+    if parallel == "2":
+        assert "training diverged" in (sweep_dir / "lr=1e30__seed=0" / "sweep.log").read_text()
+
+
 def test_report_table_files_and_figures(setup):
     out, cfg = setup
     sweep_dir = out / "sw"
