@@ -45,8 +45,8 @@ from pipeline.loader import Batch, ViewReplayer, crop_size_for, stream
 from pipeline.nonfinite import check_step, check_weights
 from pipeline.objectives import WARMUP_STYLES, Objective, build_objective
 from pipeline.runtime import RunError, RunLock, setup
-from pipeline.sources.base import DataError, Source
-from pipeline.sources.registry import load_source, select
+from pipeline.sources.base import Source
+from pipeline.sources.registry import load_split
 from pipeline.specs import dataset_record, teacher_spec
 from pipeline.views import ViewPolicy, sample_params
 
@@ -174,19 +174,14 @@ def _check_meta(m: MetaConfig) -> None:
 # -- data and models ----------------------------------------------------------------------------
 
 def _split(data: DataConfig, split: str, train: bool) -> Source:
-    """One split with ``data.classes`` kept (relabelled 0..n-1), then the subset/limit of that split.
-
-    Only the split a command needs is read (miniImageNet's training pickle alone is 800 MB).
-    """
-    src = load_source(data.source, split, data.data_dir, data.image_size, data.skip_corrupt)
-    if data.classes is not None:
-        from pipeline.sources.class_split import split_classes
-
-        src = split_classes(src, data.classes, f"{src.split}:classes{'-'.join(str(c) for c in data.classes)}")
-    src = select(src, data.subset, data.subset_seed, data.limit) if train else select(src, "all", 0, data.test_limit)
-    if len(src) == 0:
-        raise DataError(f"{src.name}/{src.split} is empty")
-    return src
+    """One split through the shared selection (``pipeline.sources.registry.load_split``): ``data.classes``
+    kept and relabelled, then the subset/limit (training) or ``test_limit`` (test); only this split is read."""
+    d = data
+    common = dict(data_dir=d.data_dir, image_size=d.image_size, skip_corrupt=d.skip_corrupt, classes=d.classes)
+    if train:
+        return load_split(d.source, split, training=True, subset=d.subset, subset_seed=d.subset_seed, limit=d.limit,
+                          noise_mode=d.noise_mode, noise_rate=d.noise_rate, noise_seed=d.noise_seed, **common)
+    return load_split(d.source, split, training=False, limit=d.test_limit, **common)
 
 
 def _load_encoder(path: str | None, role: str, source: Source, device: torch.device) -> tuple[nn.Module, dict[str, Any], str]:

@@ -10,6 +10,7 @@ evaluation on the test split's fixed view, a metrics row and an atomic checkpoin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import random
@@ -119,7 +120,7 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
-        splits = load_run_splits(cfg.data, cfg.run.seed)
+        splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
         self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
         self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
         self.objective = self._objective()
