@@ -337,7 +337,7 @@ def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) 
     return Check(lo, hi, lo_open, hi_open)
 
 
-# Every range rule of both config schemas (``Config`` and ``pipeline.few_shot.FewShotConfig``), by
+# Every range rule of both config schemas (``Config`` and ``pipeline.few_shot.config.FewShotConfig``), by
 # dotted key. On top of these, every float anywhere (lists and model.kwargs included) must be finite.
 # Unset (None) values are not checked.
 RULES: dict[str, Check] = {

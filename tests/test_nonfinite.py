@@ -191,7 +191,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
 
 
 def test_few_shot_meta_stops_at_a_nan_loss(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.few_shot as fs
+    import pipeline.few_shot.meta as fs
 
     data = ["--set", f"data.data_dir={fmnist_dir}", "--set", "data.limit=600", "--set", "run.num_threads=1"]
     ok(["train-teacher", str(ROOT / "configs/few_shot/fmnist_teacher_mlp.yaml"), *data, "--set", "optim.epochs=1",
