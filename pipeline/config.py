@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.objectives import OBJECTIVES, check_param, objective_params
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line."""
@@ -141,22 +143,21 @@ class TeacherConfig:
     chunk_samples: int = 4096
 
 
-@dataclass
-class ObjectiveConfig:
-    """Arguments of ``pipeline.objectives.build_objective`` (defaults: the paper's code, see there).
+def _objective_fields() -> list[tuple[str, Any, Any]]:
+    """``name`` and every registered objective's parameters, with their types and defaults."""
+    types: dict[str, Any] = {}
+    for cls in OBJECTIVES.values():
+        types.update(typing.get_type_hints(cls))
+    return [("name", str, field(default="vanilla"))] + [
+        (n, types[n], field(default=f.default)) for n, f in objective_params().items()]
 
-    ``warmup_style``: few_shot | sel_cl, which upstream call of AdaptConf's beta warm-up to reproduce.
-    """
 
-    name: str = "vanilla"
-    kd_temperature: float = 1.0
-    threshold: float = 0.5
-    gt_weight: float = 1.0
-    kd_weight: float = 1.0
-    rate: float = 0.3
-    max_weight: float = 0.5
-    warmup_rate: float = 0.0
-    warmup_style: str = "few_shot"
+ObjectiveConfig = dataclasses.make_dataclass("ObjectiveConfig", _objective_fields(), namespace={
+    "__module__": __name__,
+    "__doc__": """The objective: ``name`` (a registered objective, ``pipeline.objectives.OBJECTIVES``) and the
+    parameters of every registered objective, each with its default; the named objective takes its own
+    (``pipeline.objectives.build_objective``) and checks them. Built from the registry: an objective's
+    parameters and their ranges are declared once, on its class."""})
 
 
 @dataclass
@@ -357,10 +358,6 @@ RULES: dict[str, Check] = {
     "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1),
     # teacher
     "teacher.top_k": _at_least(0), "teacher.batch_size": _at_least(1), "teacher.chunk_samples": _at_least(1),
-    # objective
-    "objective.kd_temperature": _above(0), "objective.threshold": _above(0), "objective.gt_weight": _at_least(0),
-    "objective.kd_weight": _at_least(0), "objective.rate": _within(0, 1, lo_open=True),
-    "objective.max_weight": _within(0, 1), "objective.warmup_rate": _within(0, 1),
     # optim
     "optim.lr": _above(0), "optim.momentum": _within(0, 1, hi_open=True), "optim.weight_decay": _at_least(0),
     "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0),
@@ -423,7 +420,8 @@ def _check_rule(rule: Check, value: Any, key: str, section: Any) -> None:
 
 
 def validate(cfg: Any, prefix: str = "") -> Any:
-    """Check every value of the dataclass ``cfg`` against :data:`RULES` (and finiteness); ConfigError naming the key."""
+    """Check every value of the dataclass ``cfg`` against :data:`RULES`, the objective section against the
+    objectives' own declared ranges (``pipeline.objectives.param``), and finiteness; ConfigError naming the key."""
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -435,6 +433,12 @@ def validate(cfg: Any, prefix: str = "") -> Any:
         rule = RULES.get(key)
         if rule is not None:
             _check_rule(rule, value, key, cfg)
+        if key == "objective.name" and value not in OBJECTIVES:
+            raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {value!r}")
+        if prefix == "objective." and f.name in objective_params():
+            problem = check_param(objective_params()[f.name], value)
+            if problem:
+                raise ConfigError(f"{key} {problem}")
     return cfg
 
 

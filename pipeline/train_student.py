@@ -48,7 +48,7 @@ from store.soft_label_store import SoftLabelStore, StoreError
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
                "store_read_s")
-WEIGHT_BINS = np.linspace(0.0, 0.5, 11)  # AdaptConf's beta lies in (0, 0.5]
+WEIGHT_BIN_COUNT = 10  # histogram bins over an objective's ``weight_range`` (AdaptConf's beta: [0, 0.5])
 TEACHER_MODES = ("store", "online")
 AMP_MODES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -171,12 +171,11 @@ class Trainer:
 
     def _objective(self) -> Objective:
         ob = self.cfg.objective
-        if self.role == "teacher" and ob.name != "vanilla":
-            raise RunError(f"train-teacher uses the vanilla objective, but objective.name is {ob.name!r}")
-        return build_objective(ob.name, kd_temperature=ob.kd_temperature, threshold=ob.threshold,
-                               gt_weight=ob.gt_weight, kd_weight=ob.kd_weight, rate=ob.rate,
-                               max_weight=ob.max_weight, warmup_rate=ob.warmup_rate,
-                               warmup_style=ob.warmup_style)
+        params = {k: v for k, v in dataclasses.asdict(ob).items() if k != "name"}
+        objective = build_objective(ob.name, **params)
+        if self.role == "teacher" and objective.needs_teacher:
+            raise RunError(f"train-teacher learns the ground truth alone, but objective.name {ob.name!r} needs a teacher")
+        return objective
 
     def _build_model(self) -> None:
         cfg, m = self.cfg, self.cfg.model
@@ -306,7 +305,7 @@ class Trainer:
         self.model.train()
         if self.skipped is None:  # after _restore loaded the scaler; the count runs across epochs
             self.skipped = SkippedSteps(self.scaler)
-        sums = np.zeros(9 + len(WEIGHT_BINS) - 1)  # loss gt kd align weight correct agree n steps | beta histogram
+        sums = np.zeros(9 + WEIGHT_BIN_COUNT)  # loss gt kd align weight correct agree n steps | weight histogram
         num_updates = epoch * self.steps_per_epoch
         with _progress(self.console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches))
@@ -337,17 +336,18 @@ class Trainer:
             row.update(kd=s[2] / n, align=s[3] / n, train_agreement=s[6] / n)
         if t is not None and t.mode == "store":
             row["store_read_s"] = read_s
-        if self.objective.name in ("augconf", "adaptconf"):
+        if self.objective.sample_weight is not None:
             row["weight_mean"] = s[4] / n
-        if self.objective.name == "adaptconf":
+        if self.objective.weight_range is not None:
             row["weight_hist"] = [c / n for c in s[9:]]
         return row
 
     def _weight_histogram(self, weight: Tensor | None) -> np.ndarray:
         """Counts of AdaptConf's beta in ten bins over [0, 0.5] (zeros for other objectives)."""
-        if weight is None or self.objective.name != "adaptconf":
-            return np.zeros(len(WEIGHT_BINS) - 1)
-        return np.histogram(weight.detach().float().cpu().numpy(), bins=WEIGHT_BINS)[0].astype(np.float64)
+        if weight is None or self.objective.weight_range is None:
+            return np.zeros(WEIGHT_BIN_COUNT)
+        bins = np.linspace(*self.objective.weight_range, WEIGHT_BIN_COUNT + 1)
+        return np.histogram(weight.detach().float().cpu().numpy(), bins=bins)[0].astype(np.float64)
 
     def _step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
         """One optimizer step: mix, teacher logits, forward, objective, backward."""

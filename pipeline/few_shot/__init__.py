@@ -21,16 +21,15 @@ as the pipeline's configs: an unknown key is an error listing its section's vali
 
 Modules: ``config`` (:class:`FewShotConfig`, :func:`load_few_shot_config`), ``episodes`` (episode
 sampling, prototypes, cosine logits, 95% CIs, :func:`evaluate_episodes`), ``data`` (what both commands
-share: split, encoder loading, fixed-view embedding), ``evaluate`` (step 3) and ``meta`` (step 2).
-The names below are the package's public surface; ``pipeline.few_shot.evaluate`` is the function
-(it shadows its module; the module is ``sys.modules["pipeline.few_shot.evaluate"]``).
+share: split, encoder loading, fixed-view embedding), ``evaluation`` (step 3) and ``meta`` (step 2).
+The names below are the package's public surface.
 """
 from __future__ import annotations
 
 from pipeline.few_shot.config import FewShotConfig, load_few_shot_config
 from pipeline.few_shot.episodes import (cosine_logits, episode_sampler, evaluate_episodes, mean_confidence_interval,
                                         prototypes, sample_episode)
-from pipeline.few_shot.evaluate import evaluate
+from pipeline.few_shot.evaluation import evaluate
 from pipeline.few_shot.meta import EpisodeLayout, MetaTrainer, epoch_batches, meta_train
 
 __all__ = [
