@@ -196,6 +196,9 @@ class RunConfig:
     ``amp``: none | bf16 | fp16 (fp16 uses a gradient scaler and needs CUDA); ``channels_last`` and
     ``compile`` (``torch.compile`` with ``compile_backend``) are speed switches for GPUs.
     ``deterministic`` asks torch for deterministic algorithms (identical runs on CPU; slower on GPU).
+    ``checkpoint_every_steps`` (0 = off) also writes a recovery checkpoint every that many steps
+    inside an epoch, so ``--resume`` after a crash or SIGKILL continues mid-epoch, to the same weights
+    (single-process runs).
     """
 
     output: str = "runs/default"
@@ -207,6 +210,7 @@ class RunConfig:
     compile: bool = False
     compile_backend: str = "inductor"
     deterministic: bool = False
+    checkpoint_every_steps: int = 0
 
 
 @dataclass
@@ -365,7 +369,7 @@ RULES: dict[str, Check] = {
     "optim.decay_rate": _within(0, 1, lo_open=True), "optim.layer_decay": _within(0, 1),
     "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
     # run (both schemas)
-    "run.seed": _at_least(0), "run.num_threads": _at_least(1),
+    "run.seed": _at_least(0), "run.num_threads": _at_least(1), "run.checkpoint_every_steps": _at_least(0),
     # few-shot: episodes (w2s few-shot eval)
     "episodes.n_way": _at_least(2), "episodes.shots": Check(lo=1, nonempty=True), "episodes.n_query": _at_least(1),
     "episodes.episodes": _at_least(1), "episodes.seed": _at_least(0), "episodes.batch_size": _at_least(1),

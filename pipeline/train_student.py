@@ -111,6 +111,7 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.run.output)
         self.skipped: SkippedSteps | None = None  # fp16 steps skipped in a row (pipeline.nonfinite)
+        self.partial: dict[str, Any] | None = None  # where a step checkpoint left the epoch it interrupted
 
     def run(self) -> dict[str, Any]:
         with main_lock(self.out):
@@ -297,6 +298,7 @@ class Trainer:
         if epoch > 0 and self.augment.active:
             self.train_replayer = self._train_replayer(epoch)
         random.seed(hash((cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
+        partial = self.partial if self.partial is not None and self.partial["epoch"] == epoch else None
         start = time.perf_counter()
         params_of, logits_of = self._epoch_sources(epoch)
         read_s = time.perf_counter() - start
@@ -306,11 +308,20 @@ class Trainer:
         if self.skipped is None:  # after _restore loaded the scaler; the count runs across epochs
             self.skipped = SkippedSteps(self.scaler)
         sums = np.zeros(9 + WEIGHT_BIN_COUNT)  # loss gt kd align weight correct agree n steps | weight histogram
-        num_updates = epoch * self.steps_per_epoch
+        done = 0
+        if partial is not None:  # resume mid-epoch where the step checkpoint left it
+            done, sums = partial["step"], np.array(partial["sums"])
+            random.setstate(partial["py_random"])
+            if self.augment.active:  # DALI's random operators: replay the done batches to advance their state
+                for _ in stream(self.train_src, batches[:done], self.train_replayer, params_of, logits_of, self.labels):
+                    pass
+            self.partial = None
+        num_updates = epoch * self.steps_per_epoch + done
+        every = cfg.run.checkpoint_every_steps
         with _progress(self.console) as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches))
-            for step, b in enumerate(stream(self.train_src, batches, self.train_replayer, params_of, logits_of,
-                                            self.labels)):
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches), completed=done)
+            for step, b in enumerate(stream(self.train_src, batches[done:], self.train_replayer, params_of,
+                                            logits_of, self.labels), start=done):
                 out, zs, zt = self._step(b, epoch, step)
                 self.skipped.update()
                 loss = out.total.item()  # the metrics below sync every step anyway
@@ -327,6 +338,8 @@ class Trainer:
                          0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1,
                          *self._weight_histogram(out.sample_weight)]
                 bar.advance(task)
+                if every and (step + 1) % every == 0 and step + 1 < len(batches) and self.dist.is_main:
+                    self._step_checkpoint(epoch, step + 1, sums)
         elapsed = time.perf_counter() - start
         s = all_reduce_sum(sums.tolist(), self.device, self.dist)
         n = s[7]
@@ -418,34 +431,68 @@ class Trainer:
                 "input_size": spec.size[0], "dataset": dataset_record(self.train_src)}
 
     def _restore(self) -> tuple[int, list[dict[str, float]]]:
-        state_path = self.out / "checkpoints" / "state.pt"
+        """Load the last epoch checkpoint (and a later step checkpoint) when resuming; (next epoch, history)."""
+        ckpt = self.out / "checkpoints"
+        state_path, step_path = ckpt / "state.pt", ckpt / "step.pt"
         if (self.out / "result.json").exists() and not self.resume:
             raise RunError(f"{self.out} already holds a finished run; choose another run.output")
-        if not state_path.exists():
+        if self.cfg.run.checkpoint_every_steps and self.dist.world > 1:
+            raise RunError("run.checkpoint_every_steps supports single-process runs; set it to 0 with torchrun")
+        if not state_path.exists() and not step_path.exists():
             if self.resume and self.dist.is_main:
                 self.console.print(f"no checkpoint in {self.out}; starting from scratch")
             return 0, []
         if not self.resume:
             raise RunError(f"{self.out} holds an unfinished run; pass --resume to continue it or choose another run.output")
-        state = load_state(state_path)
+        start_epoch, history = 0, []
+        if state_path.exists():
+            state = load_state(state_path)
+            self._load_training_state(state, state_path)
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+            if self.dist.is_main:
+                self.console.print(f"resuming {self.out} after epoch {start_epoch}")
+        self._restore_step(start_epoch)
+        return start_epoch, history
+
+    def _load_training_state(self, state: dict[str, Any], path: Path) -> None:
         try:
-            load_state_strict(self.model, state["model"], str(state_path))
+            load_state_strict(self.model, state["model"], str(path))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        history = json.loads(state["history"])
-        if self.dist.is_main:
-            self.console.print(f"resuming {self.out} after epoch {state['epoch'] + 1}")
-        return int(state["epoch"]) + 1, history
+
+    def _restore_step(self, start_epoch: int) -> None:
+        """Continue from a step checkpoint of the epoch that the last epoch checkpoint leaves next."""
+        path = self.out / "checkpoints" / "step.pt"
+        if not path.exists():
+            return
+        state = load_state(path)
+        if int(state["epoch"]) != start_epoch:  # older than the last epoch checkpoint: superseded
+            return
+        self._load_training_state(state, path)
+        self.partial = {"epoch": start_epoch, "step": int(state["step"]), "sums": json.loads(state["sums"]),
+                        "py_random": _random_state(json.loads(state["py_random"]))}
+        self.console.print(f"resuming epoch {start_epoch + 1} after step {state['step']} (step checkpoint)")
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state()}
 
     def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        save_state(self.out / "checkpoints" / "state.pt", {
-            "epoch": epoch, "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
+        save_state(self.out / "checkpoints" / "state.pt",
+                   {"epoch": epoch, **self._training_state(), "history": json.dumps(history)})
+        (self.out / "checkpoints" / "step.pt").unlink(missing_ok=True)  # superseded
+
+    def _step_checkpoint(self, epoch: int, steps_done: int, sums: np.ndarray) -> None:
+        """A recovery checkpoint inside an epoch (``run.checkpoint_every_steps``), written atomically."""
+        save_state(self.out / "checkpoints" / "step.pt", {
+            "epoch": epoch, "step": steps_done, **self._training_state(), "sums": json.dumps(sums.tolist()),
+            "py_random": json.dumps(random.getstate())})
 
     def _write_metrics(self, history: list[dict[str, float]]) -> None:
         keys = [k for k in METRIC_KEYS if any(k in r for r in history)]
@@ -480,6 +527,12 @@ class Trainer:
             save_model(self.model, self.out, self._meta())
             write_json(self.out / "result.json", result)
         return result
+
+
+def _random_state(saved: list[Any]) -> tuple[Any, ...]:
+    """``random.getstate()`` back from its JSON form (lists for tuples)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
 
 
 def _epoch_line(row: dict[str, float], epochs: int) -> str:
