@@ -104,7 +104,13 @@ def _progress(console: Console) -> Progress:
 
 
 class Trainer:
-    """One training run; see the module docstring."""
+    """One training run; see the module docstring.
+
+    ``run()`` composes the public steps, which the benchmarks also drive one by one: ``prepare()``
+    (data, teacher, model, optimizer, replayers), ``epoch_sources(e)`` (the epoch's view params and
+    cached logits), ``make_train_replayer(e)``, ``train_step(batch, e, s)`` (one optimizer step) and
+    ``train_epoch(e)`` (an epoch's steps and its metrics row).
+    """
 
     def __init__(self, cfg: Config, role: str, resume: bool, console: Console | None = None) -> None:
         self.cfg, self.role, self.resume = cfg, role, resume
@@ -118,7 +124,8 @@ class Trainer:
             return self._run()
 
     # -- setup -------------------------------------------------------------------------------
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Load the data, the teacher (checking a store against the run), the model, optimizer and replayers."""
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
         splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
@@ -145,7 +152,7 @@ class Trainer:
         self.eval_replayer = ViewReplayer(self.test_src.image_hw, [self.student_spec], cfg.optim.eval_batch_size,
                                           crop_size_for(self.policy, self.test_src), cfg.run.device,
                                           cfg.run.num_threads, decode=self.test_src.encoded)
-        self.train_replayer = self._train_replayer(0)
+        self.train_replayer = self.make_train_replayer(0)
         self.erasing = None
         if cfg.augment.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
@@ -232,7 +239,7 @@ class Trainer:
         else:
             raise RunError(f"optim.schedule must be cosine or multistep, got {o.schedule!r}")
 
-    def _train_replayer(self, epoch: int) -> ViewReplayer:
+    def make_train_replayer(self, epoch: int) -> ViewReplayer:
         """The training pipeline; with DALI-side augmentation it is rebuilt per epoch from (seed, epoch, rank)."""
         seed = int(np.random.default_rng([self.cfg.run.seed, epoch, self.dist.rank]).integers(2**31))
         return ViewReplayer(self.train_src.image_hw, self.specs, self.local_batch,
@@ -265,13 +272,13 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def _run(self) -> dict[str, Any]:
-        self._prepare()
+        self.prepare()
         start_epoch, history = self._restore()
         if self.dist.is_main:
             save_config(self.cfg, self.out / "config.yaml")
         epochs = self.cfg.optim.epochs
         for epoch in range(start_epoch, epochs):
-            row = self._train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+            row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
             check_weights([self.model], epoch, epochs, self.device, self.dist)
             row.update(self._evaluate())
             history.append(row)
@@ -281,7 +288,7 @@ class Trainer:
                 self.console.print(_epoch_line(row, epochs))
         return self._finish(history)
 
-    def _epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
+    def epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
         """Where this epoch's view params and teacher logits come from."""
         policy = self.policy.fresh(self.cfg.optim.epochs) if self.fresh else self.policy
         view = policy.epoch_view(epoch, self.cfg.views.augmented)
@@ -293,14 +300,14 @@ class Trainer:
         src = self.train_src
         return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, t = self.cfg, self.teacher
         if epoch > 0 and self.augment.active:
-            self.train_replayer = self._train_replayer(epoch)
+            self.train_replayer = self.make_train_replayer(epoch)
         random.seed(hash((cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
         partial = self.partial if self.partial is not None and self.partial["epoch"] == epoch else None
         start = time.perf_counter()
-        params_of, logits_of = self._epoch_sources(epoch)
+        params_of, logits_of = self.epoch_sources(epoch)
         read_s = time.perf_counter() - start
         order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
         batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
@@ -322,7 +329,7 @@ class Trainer:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches), completed=done)
             for step, b in enumerate(stream(self.train_src, batches[done:], self.train_replayer, params_of,
                                             logits_of, self.labels), start=done):
-                out, zs, zt = self._step(b, epoch, step)
+                out, zs, zt = self.train_step(b, epoch, step)
                 self.skipped.update()
                 loss = out.total.item()  # the metrics below sync every step anyway
                 check_step(loss, self.skipped, epoch, cfg.optim.epochs, step, len(batches), self.device, self.dist)
@@ -362,7 +369,7 @@ class Trainer:
         bins = np.linspace(*self.objective.weight_range, WEIGHT_BIN_COUNT + 1)
         return np.histogram(weight.detach().float().cpu().numpy(), bins=bins)[0].astype(np.float64)
 
-    def _step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
+    def train_step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
         """One optimizer step: mix, teacher logits, forward, objective, backward."""
         cfg, t = self.cfg, self.teacher
         x = b.inputs[0].contiguous(memory_format=self.memory_format)

@@ -117,11 +117,11 @@ class MetaTrainer:
         _check_meta(self.cfg.meta)
         _single_process()
         with RunLock(self.out):
-            self._prepare()
+            self.prepare()
             start, history = self._restore()
             _save_config(self.cfg, self.out)
             for epoch in range(start, self.cfg.meta.epochs):
-                row = self._train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+                row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
                 check_weights([self.model, self.head], epoch, self.cfg.meta.epochs, self.device, lr_key="meta.lr")
                 history.append(row)
                 self._write_metrics(history)
@@ -129,7 +129,7 @@ class MetaTrainer:
                 self.console.print(_epoch_line(row, self.cfg.meta.epochs))
             return self._finish(history)
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         cfg, m = self.cfg, self.cfg.meta
         self.device, _ = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
         self.source = _split(cfg.data, cfg.data.train_split, train=True)
@@ -155,7 +155,7 @@ class MetaTrainer:
         self.optimizer = torch.optim.SGD(list(self.model.parameters()) + list(self.head.parameters()), lr=m.lr,
                                          momentum=m.momentum, weight_decay=m.weight_decay)
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         m, layout = self.cfg.meta, self.layout
         batches = epoch_batches(self.by_class, layout, m.batches_per_epoch, self.cfg.run.seed, epoch)
         labels = layout.query_labels(self.device)
