@@ -176,7 +176,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
     _guard(go)
 
 
-# -- few-shot scenario (pipeline/few_shot.py, configs/few_shot/) -----------------------------------
+# -- few-shot scenario (pipeline/few_shot/, configs/few_shot/) -------------------------------------
 
 few_shot_app = typer.Typer(no_args_is_help=True,
                            help="Few-shot scenario: episodic evaluation and Meta-Baseline training with a weak teacher.")

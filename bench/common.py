@@ -3,6 +3,7 @@ windows that detect other processes' interference, and a description of the mach
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -107,7 +108,7 @@ def make_teacher(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         result = train(cfg, role="teacher", console=QUIET)
         return {"trained_epochs": 1, "test_acc": result["test_acc"], "train_s": time.perf_counter() - t0}
     cfg = base_config(args, tmp, "store", tmp / "unused")
-    src, _ = train_and_test(cfg.data)
+    src, _ = train_and_test(**dataclasses.asdict(cfg.data))
     torch.manual_seed(0)
     model = create(args.teacher, src.num_classes, src.channels)
     meta = {"model": args.teacher, "kwargs": {}, "num_classes": src.num_classes, "in_chans": src.channels,

@@ -18,6 +18,7 @@ Prints a JSON object, then a markdown table.
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import math
 import statistics
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["teacher"] = make_teacher(args, tmp)
         cfg = base_config(args, tmp, "store", tmp / "unused")
         # what infer() builds, to time its chunk loop and to make the limit's batch of real teacher views
-        src, _ = train_and_test(cfg.data)
+        src, _ = train_and_test(**dataclasses.asdict(cfg.data))
         teacher, meta, _ = load_teacher(cfg.teacher.checkpoint, None, src.num_classes, src.channels)
         policy, spec = view_policy(cfg), teacher_spec(src, meta)
         bs = cfg.teacher.batch_size

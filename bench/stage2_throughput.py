@@ -9,13 +9,13 @@ All variants run in one process, on the same data, student model object, batch s
 (c) ``limit``   the same student step on preloaded tensors (real replayed batches, random float16
     teacher logits): no data loading at all. The ceiling for (a) and (b).
 (d) ``loader``  ``stream()`` of the cached variant with no training (diagnostic).
-Cross-check: ``Trainer._train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online,
+Cross-check: ``Trainer.train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online,
 with its ``store_read_s`` metric: the time to read and verify the epoch's view from the store.
 Stage 1 has its own script, ``bench/stage1_throughput.py``.
 
 Model, optimizer, scheduler, objective, replayers, teacher and store handle come from real
-``pipeline.train_student.Trainer`` objects (``_prepare()``, store and online mode); the per-step
-body below mirrors ``Trainer._train_epoch`` (same calls, including its per-step ``.item()``
+``pipeline.train_student.Trainer`` objects (``prepare()``, store and online mode); the per-step
+body below mirrors ``Trainer.train_epoch`` (same calls, including its per-step ``.item()``
 bookkeeping), so (a), (b) and (c) differ only in where the batch and the teacher logits come from.
 
 (a), (b) and (c) keep their batch iterators open for the whole measurement and are timed in
@@ -69,13 +69,13 @@ from store.soft_label_store import SoftLabelStore
 def prepared_trainer(cfg: Config) -> Trainer:
     """A real Trainer with models, optimizer, scheduler, objective, teacher and replayers set up."""
     tr = Trainer(cfg, "student", resume=False, console=QUIET)
-    tr._prepare()
+    tr.prepare()
     return tr
 
 
-# -- the step, as in Trainer._train_epoch ---------------------------------------------------------
+# -- the step, as in Trainer.train_epoch ---------------------------------------------------------
 class Stepper:
-    """The body of ``Trainer._train_epoch``'s loop: ``Trainer._step`` (teacher forward in online mode,
+    """The body of ``Trainer.train_epoch``'s loop: ``Trainer.train_step`` (teacher forward in online mode,
     student forward, objective, backward, optimizer step), the scheduler update and the metric sums."""
 
     def __init__(self, tr: Trainer) -> None:
@@ -85,7 +85,7 @@ class Stepper:
 
     def __call__(self, epoch: int, step: int, b: Batch) -> None:
         tr = self.tr
-        out, zs, zt = tr._step(b, epoch, step)
+        out, zs, zt = tr.train_step(b, epoch, step)
         self.updates += 1
         tr.scheduler.step_update(self.updates)
         n = len(b.indices)
@@ -103,14 +103,14 @@ Batches = Iterator[tuple[int, int, Batch]]  # (epoch, step within the epoch, bat
 
 
 def trainer_batches(tr: Trainer) -> Batches:
-    """Epoch after epoch, the batches ``Trainer._train_epoch`` trains on: view params and teacher
-    logits from ``Trainer._epoch_sources`` (the store's view of the epoch, or drawn params in online
+    """Epoch after epoch, the batches ``Trainer.train_epoch`` trains on: view params and teacher
+    logits from ``Trainer.epoch_sources`` (the store's view of the epoch, or drawn params in online
     mode), replayed by the Trainer's ``ViewReplayer`` in ``stream()``'s prefetch thread."""
     model = tr.model
     for epoch in itertools.count():
         if epoch > 0 and tr.augment.active:
-            tr.train_replayer = tr._train_replayer(epoch)
-        params_of, logits_of = tr._epoch_sources(epoch)
+            tr.train_replayer = tr.make_train_replayer(epoch)
+        params_of, logits_of = tr.epoch_sources(epoch)
         order = epoch_order(len(tr.train_src), epoch, tr.cfg.run.seed, shuffle=True)
         batches = shard_batches(order, tr.global_batch, tr.dist.rank, tr.dist.world, drop_last=True)
         model.train()
@@ -186,9 +186,9 @@ def table(res: dict[str, Any]) -> str:
              row("(c) limit: student step on preloaded tensors", v["limit"], "1.000", ""),
              row("(d) loader only: stream() of (a), no step", v["loader"],
                  f"{v['loader']['images_per_s'] / v['limit']['images_per_s']:.1f}x", "diagnostic"),
-             row("Trainer._train_epoch, store mode", te["store"], f"{q['trainer_store/limit']:.3f}",
+             row("Trainer.train_epoch, store mode", te["store"], f"{q['trainer_store/limit']:.3f}",
                  f"one epoch ({te['store']['steps']} steps), the real loop"),
-             row("Trainer._train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
+             row("Trainer.train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
                  f"one epoch ({te['online']['steps']} steps), the real loop"),
              "",
              (f"store read per epoch (`store_read_s`, the epoch's view read and checksum-verified): "
@@ -282,9 +282,9 @@ def full_size_read(args: argparse.Namespace, tmp: Path, repeats: int = 3) -> dic
 
 
 def trainer_epoch(tr: Trainer) -> dict[str, Any]:
-    """One epoch of ``Trainer._train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
+    """One epoch of ``Trainer.train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
     end = cpu_window()
-    row = tr._train_epoch(1)
+    row = tr.train_epoch(1)
     return {"images_per_s": row["images_per_s"], "seconds": row["epoch_s"], "steps": tr.steps_per_epoch,
             "store_read_s": row.get("store_read_s"), **{
         k: v for k, v in end().items() if k in ("foreign_cpu_fraction", "steal_fraction")}}

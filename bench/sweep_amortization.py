@@ -24,6 +24,7 @@ Prints a JSON object, then a markdown table.
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import shutil
 import statistics
@@ -85,7 +86,7 @@ def preloaded_teacher(args: argparse.Namespace, tmp: Path) -> tuple[torch.nn.Mod
     """The saved teacher and a random batch of the student's batch size at the teacher's input size."""
     cfg = load_config(PAIRS[args.pair].student_recipe,
                       overrides(args, tmp, "online", tmp / "no_store") + [f"run.output={tmp / 'u'}"])
-    src, _ = train_and_test(cfg.data)
+    src, _ = train_and_test(**dataclasses.asdict(cfg.data))
     model, meta, _ = load_teacher(cfg.teacher.checkpoint, None, src.num_classes, src.channels)
     x = torch.randn(args.batch_size, src.channels, meta["input_size"], meta["input_size"])
     with torch.no_grad():

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.objectives import OBJECTIVES, check_param, objective_params
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line."""
@@ -141,22 +143,21 @@ class TeacherConfig:
     chunk_samples: int = 4096
 
 
-@dataclass
-class ObjectiveConfig:
-    """Arguments of ``pipeline.objectives.build_objective`` (defaults: the paper's code, see there).
+def _objective_fields() -> list[tuple[str, Any, Any]]:
+    """``name`` and every registered objective's parameters, with their types and defaults."""
+    types: dict[str, Any] = {}
+    for cls in OBJECTIVES.values():
+        types.update(typing.get_type_hints(cls))
+    return [("name", str, field(default="vanilla"))] + [
+        (n, types[n], field(default=f.default)) for n, f in objective_params().items()]
 
-    ``warmup_style``: few_shot | sel_cl, which upstream call of AdaptConf's beta warm-up to reproduce.
-    """
 
-    name: str = "vanilla"
-    kd_temperature: float = 1.0
-    threshold: float = 0.5
-    gt_weight: float = 1.0
-    kd_weight: float = 1.0
-    rate: float = 0.3
-    max_weight: float = 0.5
-    warmup_rate: float = 0.0
-    warmup_style: str = "few_shot"
+ObjectiveConfig = dataclasses.make_dataclass("ObjectiveConfig", _objective_fields(), namespace={
+    "__module__": __name__,
+    "__doc__": """The objective: ``name`` (a registered objective, ``pipeline.objectives.OBJECTIVES``) and the
+    parameters of every registered objective, each with its default; the named objective takes its own
+    (``pipeline.objectives.build_objective``) and checks them. Built from the registry: an objective's
+    parameters and their ranges are declared once, on its class."""})
 
 
 @dataclass
@@ -195,6 +196,9 @@ class RunConfig:
     ``amp``: none | bf16 | fp16 (fp16 uses a gradient scaler and needs CUDA); ``channels_last`` and
     ``compile`` (``torch.compile`` with ``compile_backend``) are speed switches for GPUs.
     ``deterministic`` asks torch for deterministic algorithms (identical runs on CPU; slower on GPU).
+    ``checkpoint_every_steps`` (0 = off) also writes a recovery checkpoint every that many steps
+    inside an epoch, so ``--resume`` after a crash or SIGKILL continues mid-epoch, to the same weights
+    (single-process runs).
     """
 
     output: str = "runs/default"
@@ -206,6 +210,7 @@ class RunConfig:
     compile: bool = False
     compile_backend: str = "inductor"
     deterministic: bool = False
+    checkpoint_every_steps: int = 0
 
 
 @dataclass
@@ -337,7 +342,7 @@ def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) 
     return Check(lo, hi, lo_open, hi_open)
 
 
-# Every range rule of both config schemas (``Config`` and ``pipeline.few_shot.FewShotConfig``), by
+# Every range rule of both config schemas (``Config`` and ``pipeline.few_shot.config.FewShotConfig``), by
 # dotted key. On top of these, every float anywhere (lists and model.kwargs included) must be finite.
 # Unset (None) values are not checked.
 RULES: dict[str, Check] = {
@@ -357,10 +362,6 @@ RULES: dict[str, Check] = {
     "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1),
     # teacher
     "teacher.top_k": _at_least(0), "teacher.batch_size": _at_least(1), "teacher.chunk_samples": _at_least(1),
-    # objective
-    "objective.kd_temperature": _above(0), "objective.threshold": _above(0), "objective.gt_weight": _at_least(0),
-    "objective.kd_weight": _at_least(0), "objective.rate": _within(0, 1, lo_open=True),
-    "objective.max_weight": _within(0, 1), "objective.warmup_rate": _within(0, 1),
     # optim
     "optim.lr": _above(0), "optim.momentum": _within(0, 1, hi_open=True), "optim.weight_decay": _at_least(0),
     "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0),
@@ -368,7 +369,7 @@ RULES: dict[str, Check] = {
     "optim.decay_rate": _within(0, 1, lo_open=True), "optim.layer_decay": _within(0, 1),
     "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
     # run (both schemas)
-    "run.seed": _at_least(0), "run.num_threads": _at_least(1),
+    "run.seed": _at_least(0), "run.num_threads": _at_least(1), "run.checkpoint_every_steps": _at_least(0),
     # few-shot: episodes (w2s few-shot eval)
     "episodes.n_way": _at_least(2), "episodes.shots": Check(lo=1, nonempty=True), "episodes.n_query": _at_least(1),
     "episodes.episodes": _at_least(1), "episodes.seed": _at_least(0), "episodes.batch_size": _at_least(1),
@@ -423,7 +424,8 @@ def _check_rule(rule: Check, value: Any, key: str, section: Any) -> None:
 
 
 def validate(cfg: Any, prefix: str = "") -> Any:
-    """Check every value of the dataclass ``cfg`` against :data:`RULES` (and finiteness); ConfigError naming the key."""
+    """Check every value of the dataclass ``cfg`` against :data:`RULES`, the objective section against the
+    objectives' own declared ranges (``pipeline.objectives.param``), and finiteness; ConfigError naming the key."""
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -435,6 +437,12 @@ def validate(cfg: Any, prefix: str = "") -> Any:
         rule = RULES.get(key)
         if rule is not None:
             _check_rule(rule, value, key, cfg)
+        if key == "objective.name" and value not in OBJECTIVES:
+            raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {value!r}")
+        if prefix == "objective." and f.name in objective_params():
+            problem = check_param(objective_params()[f.name], value)
+            if problem:
+                raise ConfigError(f"{key} {problem}")
     return cfg
 
 

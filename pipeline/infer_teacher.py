@@ -5,6 +5,7 @@ written after its data, so a rerun of the same command computes only the missing
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     if not tc.store:
         raise RunError("teacher.store is not set (where to write the store)")
     device, info = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
-    source, _ = train_and_test(cfg.data)
+    source, _ = train_and_test(**dataclasses.asdict(cfg.data))
     teacher, meta, sha = load_teacher(tc.checkpoint, tc.model, source.num_classes, source.channels)
     teacher = teacher.to(device)
     if source.num_classes != meta["num_classes"]:

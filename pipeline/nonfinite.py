@@ -1,6 +1,6 @@
 """Stopping a training run at the first sign of divergence, keeping the last good checkpoint.
 
-Both training loops (``pipeline.train_student.Trainer`` and ``pipeline.few_shot.MetaTrainer``)
+Both training loops (``pipeline.train_student.Trainer`` and ``pipeline.few_shot.meta.MetaTrainer``)
 read every step's loss on the host already (for the epoch's metrics); they hand it to
 :func:`check_step`, which raises :class:`~pipeline.runtime.RunError` at the first non-finite loss,
 naming the epoch and step the way the epoch lines do (1-based, ``epoch 2/10, step 5/40``). With

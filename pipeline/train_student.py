@@ -10,6 +10,7 @@ evaluation on the test split's fixed view, a metrics row and an atomic checkpoin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import random
@@ -47,7 +48,7 @@ from store.soft_label_store import SoftLabelStore, StoreError
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
                "store_read_s")
-WEIGHT_BINS = np.linspace(0.0, 0.5, 11)  # AdaptConf's beta lies in (0, 0.5]
+WEIGHT_BIN_COUNT = 10  # histogram bins over an objective's ``weight_range`` (AdaptConf's beta: [0, 0.5])
 TEACHER_MODES = ("store", "online")
 AMP_MODES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -103,23 +104,31 @@ def _progress(console: Console) -> Progress:
 
 
 class Trainer:
-    """One training run; see the module docstring."""
+    """One training run; see the module docstring.
+
+    ``run()`` composes the public steps, which the benchmarks also drive one by one: ``prepare()``
+    (data, teacher, model, optimizer, replayers), ``epoch_sources(e)`` (the epoch's view params and
+    cached logits), ``make_train_replayer(e)``, ``train_step(batch, e, s)`` (one optimizer step) and
+    ``train_epoch(e)`` (an epoch's steps and its metrics row).
+    """
 
     def __init__(self, cfg: Config, role: str, resume: bool, console: Console | None = None) -> None:
         self.cfg, self.role, self.resume = cfg, role, resume
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.run.output)
         self.skipped: SkippedSteps | None = None  # fp16 steps skipped in a row (pipeline.nonfinite)
+        self.partial: dict[str, Any] | None = None  # where a step checkpoint left the epoch it interrupted
 
     def run(self) -> dict[str, Any]:
         with main_lock(self.out):
             return self._run()
 
     # -- setup -------------------------------------------------------------------------------
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Load the data, the teacher (checking a store against the run), the model, optimizer and replayers."""
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
-        splits = load_run_splits(cfg.data, cfg.run.seed)
+        splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
         self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
         self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
         self.objective = self._objective()
@@ -143,7 +152,7 @@ class Trainer:
         self.eval_replayer = ViewReplayer(self.test_src.image_hw, [self.student_spec], cfg.optim.eval_batch_size,
                                           crop_size_for(self.policy, self.test_src), cfg.run.device,
                                           cfg.run.num_threads, decode=self.test_src.encoded)
-        self.train_replayer = self._train_replayer(0)
+        self.train_replayer = self.make_train_replayer(0)
         self.erasing = None
         if cfg.augment.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
@@ -170,12 +179,11 @@ class Trainer:
 
     def _objective(self) -> Objective:
         ob = self.cfg.objective
-        if self.role == "teacher" and ob.name != "vanilla":
-            raise RunError(f"train-teacher uses the vanilla objective, but objective.name is {ob.name!r}")
-        return build_objective(ob.name, kd_temperature=ob.kd_temperature, threshold=ob.threshold,
-                               gt_weight=ob.gt_weight, kd_weight=ob.kd_weight, rate=ob.rate,
-                               max_weight=ob.max_weight, warmup_rate=ob.warmup_rate,
-                               warmup_style=ob.warmup_style)
+        params = {k: v for k, v in dataclasses.asdict(ob).items() if k != "name"}
+        objective = build_objective(ob.name, **params)
+        if self.role == "teacher" and objective.needs_teacher:
+            raise RunError(f"train-teacher learns the ground truth alone, but objective.name {ob.name!r} needs a teacher")
+        return objective
 
     def _build_model(self) -> None:
         cfg, m = self.cfg, self.cfg.model
@@ -231,7 +239,7 @@ class Trainer:
         else:
             raise RunError(f"optim.schedule must be cosine or multistep, got {o.schedule!r}")
 
-    def _train_replayer(self, epoch: int) -> ViewReplayer:
+    def make_train_replayer(self, epoch: int) -> ViewReplayer:
         """The training pipeline; with DALI-side augmentation it is rebuilt per epoch from (seed, epoch, rank)."""
         seed = int(np.random.default_rng([self.cfg.run.seed, epoch, self.dist.rank]).integers(2**31))
         return ViewReplayer(self.train_src.image_hw, self.specs, self.local_batch,
@@ -264,13 +272,13 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def _run(self) -> dict[str, Any]:
-        self._prepare()
+        self.prepare()
         start_epoch, history = self._restore()
         if self.dist.is_main:
             save_config(self.cfg, self.out / "config.yaml")
         epochs = self.cfg.optim.epochs
         for epoch in range(start_epoch, epochs):
-            row = self._train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+            row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
             check_weights([self.model], epoch, epochs, self.device, self.dist)
             row.update(self._evaluate())
             history.append(row)
@@ -280,7 +288,7 @@ class Trainer:
                 self.console.print(_epoch_line(row, epochs))
         return self._finish(history)
 
-    def _epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
+    def epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
         """Where this epoch's view params and teacher logits come from."""
         policy = self.policy.fresh(self.cfg.optim.epochs) if self.fresh else self.policy
         view = policy.epoch_view(epoch, self.cfg.views.augmented)
@@ -292,26 +300,36 @@ class Trainer:
         src = self.train_src
         return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, t = self.cfg, self.teacher
         if epoch > 0 and self.augment.active:
-            self.train_replayer = self._train_replayer(epoch)
+            self.train_replayer = self.make_train_replayer(epoch)
         random.seed(hash((cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
+        partial = self.partial if self.partial is not None and self.partial["epoch"] == epoch else None
         start = time.perf_counter()
-        params_of, logits_of = self._epoch_sources(epoch)
+        params_of, logits_of = self.epoch_sources(epoch)
         read_s = time.perf_counter() - start
         order = epoch_order(len(self.train_src), epoch, cfg.run.seed, shuffle=True)
         batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
         self.model.train()
         if self.skipped is None:  # after _restore loaded the scaler; the count runs across epochs
             self.skipped = SkippedSteps(self.scaler)
-        sums = np.zeros(9 + len(WEIGHT_BINS) - 1)  # loss gt kd align weight correct agree n steps | beta histogram
-        num_updates = epoch * self.steps_per_epoch
+        sums = np.zeros(9 + WEIGHT_BIN_COUNT)  # loss gt kd align weight correct agree n steps | weight histogram
+        done = 0
+        if partial is not None:  # resume mid-epoch where the step checkpoint left it
+            done, sums = partial["step"], np.array(partial["sums"])
+            random.setstate(partial["py_random"])
+            if self.augment.active:  # DALI's random operators: replay the done batches to advance their state
+                for _ in stream(self.train_src, batches[:done], self.train_replayer, params_of, logits_of, self.labels):
+                    pass
+            self.partial = None
+        num_updates = epoch * self.steps_per_epoch + done
+        every = cfg.run.checkpoint_every_steps
         with _progress(self.console) as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches))
-            for step, b in enumerate(stream(self.train_src, batches, self.train_replayer, params_of, logits_of,
-                                            self.labels)):
-                out, zs, zt = self._step(b, epoch, step)
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(batches), completed=done)
+            for step, b in enumerate(stream(self.train_src, batches[done:], self.train_replayer, params_of,
+                                            logits_of, self.labels), start=done):
+                out, zs, zt = self.train_step(b, epoch, step)
                 self.skipped.update()
                 loss = out.total.item()  # the metrics below sync every step anyway
                 check_step(loss, self.skipped, epoch, cfg.optim.epochs, step, len(batches), self.device, self.dist)
@@ -327,6 +345,8 @@ class Trainer:
                          0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1,
                          *self._weight_histogram(out.sample_weight)]
                 bar.advance(task)
+                if every and (step + 1) % every == 0 and step + 1 < len(batches) and self.dist.is_main:
+                    self._step_checkpoint(epoch, step + 1, sums)
         elapsed = time.perf_counter() - start
         s = all_reduce_sum(sums.tolist(), self.device, self.dist)
         n = s[7]
@@ -336,19 +356,20 @@ class Trainer:
             row.update(kd=s[2] / n, align=s[3] / n, train_agreement=s[6] / n)
         if t is not None and t.mode == "store":
             row["store_read_s"] = read_s
-        if self.objective.name in ("augconf", "adaptconf"):
+        if self.objective.sample_weight is not None:
             row["weight_mean"] = s[4] / n
-        if self.objective.name == "adaptconf":
+        if self.objective.weight_range is not None:
             row["weight_hist"] = [c / n for c in s[9:]]
         return row
 
     def _weight_histogram(self, weight: Tensor | None) -> np.ndarray:
         """Counts of AdaptConf's beta in ten bins over [0, 0.5] (zeros for other objectives)."""
-        if weight is None or self.objective.name != "adaptconf":
-            return np.zeros(len(WEIGHT_BINS) - 1)
-        return np.histogram(weight.detach().float().cpu().numpy(), bins=WEIGHT_BINS)[0].astype(np.float64)
+        if weight is None or self.objective.weight_range is None:
+            return np.zeros(WEIGHT_BIN_COUNT)
+        bins = np.linspace(*self.objective.weight_range, WEIGHT_BIN_COUNT + 1)
+        return np.histogram(weight.detach().float().cpu().numpy(), bins=bins)[0].astype(np.float64)
 
-    def _step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
+    def train_step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
         """One optimizer step: mix, teacher logits, forward, objective, backward."""
         cfg, t = self.cfg, self.teacher
         x = b.inputs[0].contiguous(memory_format=self.memory_format)
@@ -417,34 +438,68 @@ class Trainer:
                 "input_size": spec.size[0], "dataset": dataset_record(self.train_src)}
 
     def _restore(self) -> tuple[int, list[dict[str, float]]]:
-        state_path = self.out / "checkpoints" / "state.pt"
+        """Load the last epoch checkpoint (and a later step checkpoint) when resuming; (next epoch, history)."""
+        ckpt = self.out / "checkpoints"
+        state_path, step_path = ckpt / "state.pt", ckpt / "step.pt"
         if (self.out / "result.json").exists() and not self.resume:
             raise RunError(f"{self.out} already holds a finished run; choose another run.output")
-        if not state_path.exists():
+        if self.cfg.run.checkpoint_every_steps and self.dist.world > 1:
+            raise RunError("run.checkpoint_every_steps supports single-process runs; set it to 0 with torchrun")
+        if not state_path.exists() and not step_path.exists():
             if self.resume and self.dist.is_main:
                 self.console.print(f"no checkpoint in {self.out}; starting from scratch")
             return 0, []
         if not self.resume:
             raise RunError(f"{self.out} holds an unfinished run; pass --resume to continue it or choose another run.output")
-        state = load_state(state_path)
+        start_epoch, history = 0, []
+        if state_path.exists():
+            state = load_state(state_path)
+            self._load_training_state(state, state_path)
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+            if self.dist.is_main:
+                self.console.print(f"resuming {self.out} after epoch {start_epoch}")
+        self._restore_step(start_epoch)
+        return start_epoch, history
+
+    def _load_training_state(self, state: dict[str, Any], path: Path) -> None:
         try:
-            load_state_strict(self.model, state["model"], str(state_path))
+            load_state_strict(self.model, state["model"], str(path))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        history = json.loads(state["history"])
-        if self.dist.is_main:
-            self.console.print(f"resuming {self.out} after epoch {state['epoch'] + 1}")
-        return int(state["epoch"]) + 1, history
+
+    def _restore_step(self, start_epoch: int) -> None:
+        """Continue from a step checkpoint of the epoch that the last epoch checkpoint leaves next."""
+        path = self.out / "checkpoints" / "step.pt"
+        if not path.exists():
+            return
+        state = load_state(path)
+        if int(state["epoch"]) != start_epoch:  # older than the last epoch checkpoint: superseded
+            return
+        self._load_training_state(state, path)
+        self.partial = {"epoch": start_epoch, "step": int(state["step"]), "sums": json.loads(state["sums"]),
+                        "py_random": _random_state(json.loads(state["py_random"]))}
+        self.console.print(f"resuming epoch {start_epoch + 1} after step {state['step']} (step checkpoint)")
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state()}
 
     def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        save_state(self.out / "checkpoints" / "state.pt", {
-            "epoch": epoch, "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
+        save_state(self.out / "checkpoints" / "state.pt",
+                   {"epoch": epoch, **self._training_state(), "history": json.dumps(history)})
+        (self.out / "checkpoints" / "step.pt").unlink(missing_ok=True)  # superseded
+
+    def _step_checkpoint(self, epoch: int, steps_done: int, sums: np.ndarray) -> None:
+        """A recovery checkpoint inside an epoch (``run.checkpoint_every_steps``), written atomically."""
+        save_state(self.out / "checkpoints" / "step.pt", {
+            "epoch": epoch, "step": steps_done, **self._training_state(), "sums": json.dumps(sums.tolist()),
+            "py_random": json.dumps(random.getstate())})
 
     def _write_metrics(self, history: list[dict[str, float]]) -> None:
         keys = [k for k in METRIC_KEYS if any(k in r for r in history)]
@@ -479,6 +534,12 @@ class Trainer:
             save_model(self.model, self.out, self._meta())
             write_json(self.out / "result.json", result)
         return result
+
+
+def _random_state(saved: list[Any]) -> tuple[Any, ...]:
+    """``random.getstate()`` back from its JSON form (lists for tuples)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
 
 
 def _epoch_line(row: dict[str, float], epochs: int) -> str:

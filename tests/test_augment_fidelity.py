@@ -306,7 +306,7 @@ def test_replay_resize_matches_pil_bilinear(out):
 # -- random erasing and mixing ----------------------------------------------------------------------
 
 def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespace, torch.Tensor]:
-    """A stand-in Trainer for ``Trainer._step``: mixup only, erasing with probability 1, a recording net."""
+    """A stand-in Trainer for ``Trainer.train_step``: mixup only, erasing with probability 1, a recording net."""
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -345,7 +345,7 @@ def test_random_erasing_order_around_mixup(erase_before_mix):
     step = 3
     mix = draw(trainer.mix, batch_rng(0, 0, step))
     assert 0 < mix.lam < 1
-    _seeded(lambda: Trainer._step(trainer, batch, 0, step))
+    _seeded(lambda: Trainer.train_step(trainer, batch, 0, step))
     seen = trainer.net.seen
     eraser = RandomErasing(1.0, mode="pixel", device="cpu")
     erased = _seeded(lambda: eraser(x.clone()))

@@ -1,6 +1,7 @@
 """End to end through the CLI on 2,000 real Fashion-MNIST images, and one-line errors on bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_infer_teacher_resumes_interrupted_store(pipeline_run, monkeypatch, tmp_
 def test_online_teacher_matches_store_on_the_same_batch(pipeline_run):
     """The objective from cached float16 logits equals the one from the online teacher on the same views."""
     cfg = load_config(pipeline_run["student_cfg"])
-    train_src, _ = train_and_test(cfg.data)
+    train_src, _ = train_and_test(**dataclasses.asdict(cfg.data))
     teacher, meta, _ = load_model(cfg.teacher.checkpoint)
     store = SoftLabelStore.open(cfg.teacher.store)
     policy = view_policy(cfg)

@@ -2,6 +2,7 @@
 (seed, epoch, sample); store runs cycle through the store's K views; seeds follow ``run.seed``."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_view_seed_follows_run_seed_unless_pinned():
 def test_validation_split_follows_run_seed_unless_pinned(fmnist_dir):
     def val(*over: str) -> str:
         cfg = load_config(None, [f"data.data_dir={fmnist_dir}", "data.val_fraction=0.1", *over])
-        return load_splits(cfg.data, cfg.run.seed)[1].fingerprint()
+        return load_splits(**asdict(cfg.data), run_seed=cfg.run.seed)[1].fingerprint()
 
     assert val("run.seed=0") != val("run.seed=1")
     assert val("run.seed=0", "data.val_seed=4") == val("run.seed=1", "data.val_seed=4")
@@ -65,9 +66,9 @@ def _cfg(tmp: Path, fmnist_dir: Path, **sections: dict) -> Path:
 
 def _epoch_params(cfg_path: Path, role: str, *over: str) -> list[np.ndarray]:
     tr = Trainer(load_config(cfg_path, list(over)), role, resume=False)
-    tr._prepare()
+    tr.prepare()
     idx = np.arange(len(tr.train_src))
-    return [tr._epoch_sources(e)[0](idx) for e in range(tr.cfg.optim.epochs)]
+    return [tr.epoch_sources(e)[0](idx) for e in range(tr.cfg.optim.epochs)]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Label noise as a data option: recorded in the store and the run, same for teacher and student."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_noise_is_deterministic_and_logged(fmnist_dir):
     cfg = load_config(ROOT / "configs/noisy/fmnist_sym40_teacher.yaml", [f"data.data_dir={fmnist_dir}", "data.limit=0"])
-    a, val, _ = load_splits(cfg.data)
-    b, _, _ = load_splits(cfg.data)
+    a, val, _ = load_splits(**asdict(cfg.data))
+    b, _, _ = load_splits(**asdict(cfg.data))
     np.testing.assert_array_equal(a.labels, b.labels)
     clean_cfg = load_config(ROOT / "configs/noisy/fmnist_sym40_teacher.yaml",
                             [f"data.data_dir={fmnist_dir}", "data.limit=0", "data.noise_mode=none"])
-    clean, _, _ = load_splits(clean_cfg.data)
+    clean, _, _ = load_splits(**asdict(clean_cfg.data))
     np.testing.assert_array_equal(a.images, clean.images)
     flipped = (a.labels != clean.labels).mean()
     assert flipped == pytest.approx(0.4 * 9 / 10, abs=0.03)
     assert a.noise_rate == pytest.approx((np.concatenate([a.labels, val.labels]) != np.concatenate(
-        [clean.labels, load_splits(clean_cfg.data)[1].labels])).mean(), abs=1e-9)
+        [clean.labels, load_splits(**asdict(clean_cfg.data))[1].labels])).mean(), abs=1e-9)
     other = load_config(ROOT / "configs/noisy/fmnist_sym40_teacher.yaml",
                         [f"data.data_dir={fmnist_dir}", "data.limit=0", "data.noise_seed=1"])
-    assert not np.array_equal(load_splits(other.data)[0].labels, a.labels)
+    assert not np.array_equal(load_splits(**asdict(other.data))[0].labels, a.labels)
 
 
 def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
@@ -46,7 +47,7 @@ def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
     ok(["infer-teacher", str(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml"), *common])
     cfg = load_config(ROOT / "configs/noisy/fmnist_sym40_adaptconf.yaml",
                       [f"data.data_dir={fmnist_dir}", "data.limit=1000"])
-    splits = load_run_splits(cfg.data)
+    splits = load_run_splits(**asdict(cfg.data))
     store = SoftLabelStore.open(tmp_path / "store")
     np.testing.assert_array_equal(store.labels(), splits.selection.labels)  # the store covers the validation part too
     np.testing.assert_array_equal(store.labels()[splits.train_rows], splits.train.labels)
@@ -63,10 +64,10 @@ def test_noisy_pipeline_end_to_end(fmnist_dir, tmp_path):
 def test_cifar100_asymmetric_config_runs(tmp_path):
     root = write_cifar100(tmp_path / "cifar", n_train=200, n_test=50)
     cfg = load_config(ROOT / "configs/noisy/cifar100_asym40_teacher.yaml", [f"data.data_dir={root}"])
-    train, _, _ = load_splits(cfg.data)
+    train, _, _ = load_splits(**asdict(cfg.data))
     clean = load_config(ROOT / "configs/noisy/cifar100_asym40_teacher.yaml",
                         [f"data.data_dir={root}", "data.noise_mode=none"])
-    before = load_splits(clean.data)[0].labels
+    before = load_splits(**asdict(clean.data))[0].labels
     changed = train.labels != before
     # each class moves to the next class of its superclass (here superclass = fine // 5)
     assert (train.labels[changed] // 5 == before[changed] // 5).all()

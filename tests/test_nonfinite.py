@@ -159,7 +159,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
     step with a finite one). The run fails naming the place, epoch 1's checkpoint stays intact and resumes."""
     from pipeline.train_student import Trainer
 
-    step_of = Trainer._step
+    step_of = Trainer.train_step
 
     def poisoned(self, b, epoch, step):  # type: ignore[no-untyped-def]
         out, zs, zt = step_of(self, b, epoch, step)
@@ -172,7 +172,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
 
     cfg = _config(tmp_path, fmnist_dir)
     run = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "_step", poisoned)
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
     line = _error_line(invoke(["train-teacher", str(cfg)]))
     if where == "loss":
         assert "training diverged at epoch 2/2, step 3/8 (loss nan)" in line, line
@@ -184,14 +184,14 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]
-    monkeypatch.setattr(Trainer, "_step", step_of)
+    monkeypatch.setattr(Trainer, "train_step", step_of)
     result = ok(["train-teacher", str(cfg), "--resume"])
     assert result["epochs"] == 2 and (run / "result.json").exists()
     assert all(np.isfinite(v).all() for v in load_file(str(run / "model.safetensors")).values())
 
 
 def test_few_shot_meta_stops_at_a_nan_loss(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.few_shot as fs
+    import pipeline.few_shot.meta as fs
 
     data = ["--set", f"data.data_dir={fmnist_dir}", "--set", "data.limit=600", "--set", "run.num_threads=1"]
     ok(["train-teacher", str(ROOT / "configs/few_shot/fmnist_teacher_mlp.yaml"), *data, "--set", "optim.epochs=1",

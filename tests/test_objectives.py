@@ -146,15 +146,13 @@ def test_adaptconf_warmup_scales_beta():
     out = obj(zs, zt, torch.zeros(16, dtype=torch.long), epoch=2, epochs=20)
     torch.testing.assert_close(out.sample_weight, full.sample_weight * 0.6)
     assert build_objective("adaptconf").adaptconf_warmup(0, 20) == 1.0  # warmup_rate 0: no warm-up
-    with pytest.raises(ValueError, match="valid: few_shot, sel_cl"):
+    with pytest.raises(ValueError, match="warmup_style must be one of few_shot, sel_cl"):
         build_objective("adaptconf", warmup_rate=0.25, warmup_style="linear")
-    from dataclasses import asdict
+    from pipeline.config import ConfigError, load_config
 
-    from pipeline.config import load_config
 
-    ob = load_config(None, ["objective.name=adaptconf", "objective.warmup_style=linear"]).objective
-    with pytest.raises(ValueError, match="unknown warmup_style 'linear'"):  # what train-student builds from the config
-        build_objective(**asdict(ob))
+    with pytest.raises(ConfigError, match="objective.warmup_style must be one of few_shot, sel_cl, got 'linear'"):
+        load_config(None, ["objective.name=adaptconf", "objective.warmup_style=linear"])  # refused at load
 
 
 def test_defaults_are_the_papers():
@@ -162,7 +160,8 @@ def test_defaults_are_the_papers():
     from pipeline.config import ObjectiveConfig
 
     obj, cfg = build_objective("augconf"), ObjectiveConfig()
-    assert (obj.rate, obj.max_weight, obj.threshold, obj.kd_temperature) == (0.3, 0.5, 0.5, 1.0)
+    assert (obj.rate, obj.max_weight, obj.kd_temperature) == (0.3, 0.5, 1.0)
+    assert build_objective("adaptconf").threshold == 0.5
     assert (cfg.rate, cfg.max_weight, cfg.threshold, cfg.kd_temperature) == (0.3, 0.5, 0.5, 1.0)
 
 
@@ -215,3 +214,75 @@ def test_float16_teacher_accepted(batch):
 def test_bad_objective_name():
     with pytest.raises(ValueError, match="valid: vanilla, kd, augconf, adaptconf"):
         build_objective("dkd2")
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+GOLDEN_TESTS = {"vanilla": test_vanilla_golden, "kd": test_kd_golden, "augconf": test_augconf_golden,
+                "adaptconf": test_adaptconf_golden}
+
+
+def test_every_registered_objective_has_a_golden_test_and_declares_itself():
+    from dataclasses import fields
+
+    from pipeline.objectives import OBJECTIVES, Objective
+
+    assert set(OBJECTIVES) == set(GOLDEN_TESTS)  # a new objective comes with its golden values
+    for name, cls in OBJECTIVES.items():
+        assert issubclass(cls, Objective) and cls.name == name
+        assert cls.terms[0] == "gt" and len(set(cls.terms)) == len(cls.terms)
+        for f in fields(cls):  # every parameter is documented, with a range or a list of choices
+            assert f.metadata["doc"] and (f.metadata["choices"] or any(v is not None for v in f.metadata["range"][:2]))
+
+
+def test_logged_terms_and_weights_are_what_each_objective_declares(batch):
+    from pipeline.objectives import OBJECTIVES
+
+    zs, zt, y = batch
+    for name, cls in OBJECTIVES.items():
+        out = build_objective(name)(_t(zs), _t(zt), torch.tensor(y), epoch=5, epochs=10)
+        assert tuple(out.terms) == cls.terms
+        assert (out.sample_weight is None) == (cls.sample_weight is None)
+
+
+def test_config_section_comes_from_the_registry():
+    """The objective section's keys and checks are the objectives' own declarations."""
+    from dataclasses import fields
+
+    from pipeline.config import ConfigError, ObjectiveConfig, load_config
+    from pipeline.objectives import objective_params
+
+    params = objective_params()
+    assert [f.name for f in fields(ObjectiveConfig)] == ["name", *params]
+    assert all(getattr(ObjectiveConfig(), n) == f.default for n, f in params.items())
+    with pytest.raises(ConfigError, match=r"objective.threshold must be > 0, got 0"):
+        load_config(None, ["objective.threshold=0"])
+    with pytest.raises(ConfigError, match=r"objective.name must be one of vanilla, kd, augconf, adaptconf"):
+        load_config(None, ["objective.name=dkd2"])
+    with pytest.raises(ValueError, match="unknown objective parameter 'tau'"):
+        build_objective("kd", tau=2.0)
+
+
+def test_a_new_objective_is_one_class(batch):
+    """Registering a class is all it takes for build_objective to make it."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from pipeline.objectives import KD, OBJECTIVES, ObjectiveOutput, register_objective
+
+    @register_objective
+    @dataclass
+    class HalfKD(KD):
+        name: ClassVar[str] = "half_kd_test"
+
+        def combine(self, zs, zt, gt, terms, epoch, epochs):
+            return ObjectiveOutput(gt + 0.5 * self.kd_term(zs, zt, terms).mean(), terms, None)
+
+    try:
+        zs, zt, y = batch
+        out = build_objective("half_kd_test", kd_temperature=2.0, gt_weight=0.0)(_t(zs), _t(zt), torch.tensor(y))
+        assert out.total.item() == pytest.approx(0.5 * 4.0 * _kl(zs, zt, 2.0).mean(), rel=1e-5)
+        with pytest.raises(ValueError, match="needs a new name"):
+            register_objective(HalfKD)
+    finally:
+        del OBJECTIVES["half_kd_test"]

@@ -1,11 +1,13 @@
-"""Dataset lookup by name and the train/test selection a config describes (subset halves, limits)."""
+"""Dataset lookup by name and the one split selection every scenario uses: classes, subset halves,
+limits, label noise and the validation hold-out, from plain arguments (the names of the ``data``
+config section, so ``load_run_splits(**dataclasses.asdict(cfg.data))`` works)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from pipeline.config import DataConfig
 from pipeline.sources.base import DataError, Source
 
 SOURCES = ("fashion_mnist", "cifar10", "cifar100", "mini_imagenet", "image_folder")
@@ -63,18 +65,17 @@ def _short(classes: list[int]) -> str:
     return "-".join(str(c) for c in classes)
 
 
-def with_noise(source: Source, cfg: DataConfig) -> Source:
+def with_noise(source: Source, mode: str, rate: float, seed: int, data_dir: str | None = None) -> Source:
     """The same images with noisy training labels; the realized rate is kept on the source."""
     from pipeline.label_noise import inject_noise
 
     coarse = None
-    if cfg.noise_mode == "asym_cifar100":
+    if mode == "asym_cifar100":
         from pipeline.sources.cifar import cifar100_coarse_of_fine
 
-        coarse = cifar100_coarse_of_fine(cfg.data_dir)
-    result = inject_noise(source.labels, source.num_classes, cfg.noise_mode, cfg.noise_rate, cfg.noise_seed,
-                          coarse_labels=coarse)
-    noisy = source.with_labels(result.labels, f"{source.split}:noise-{cfg.noise_mode}-{cfg.noise_rate}-{cfg.noise_seed}")
+        coarse = cifar100_coarse_of_fine(data_dir)
+    result = inject_noise(source.labels, source.num_classes, mode, rate, seed, coarse_labels=coarse)
+    noisy = source.with_labels(result.labels, f"{source.split}:noise-{mode}-{rate}-{seed}")
     noisy.noise_rate = result.realized_rate
     return noisy
 
@@ -91,56 +92,71 @@ class Splits:
     train_rows: np.ndarray | None = None
 
 
-def training_selection(cfg: DataConfig) -> tuple[Source, Source]:
-    """The training selection (classes, subset, limit, label noise) before any validation hold-out, and the test split."""
-    def load(split: str) -> Source:
-        return load_source(cfg.source, split, cfg.data_dir, cfg.image_size, cfg.skip_corrupt)
+def load_split(source: str, split: str, *, training: bool, data_dir: str | None = None, image_size: int = 224,
+               skip_corrupt: bool = False, classes: list[int] | None = None, subset: str = "all",
+               subset_seed: int = 0, limit: int = 0, noise_mode: str = "none", noise_rate: float = 0.0,
+               noise_seed: int = 0) -> Source:
+    """One split, checked: ``classes`` kept (relabelled 0..n-1), then for the training side the subset
+    half, the first ``limit`` samples and label noise, for the test side the first ``limit`` samples.
 
-    train, test = load(cfg.train_split), load(cfg.test_split)
-    if cfg.classes is not None:
+    Only this split is read (miniImageNet's training pickle alone is 800 MB).
+    """
+    src = load_source(source, split, data_dir, image_size, skip_corrupt)
+    if classes is not None:
         from pipeline.sources.class_split import split_classes
 
-        train = split_classes(train, cfg.classes, f"{train.split}:classes{_short(cfg.classes)}")
-        test = split_classes(test, cfg.classes, f"{test.split}:classes{_short(cfg.classes)}")
-    train = select(train, cfg.subset, cfg.subset_seed, cfg.limit)
-    test = select(test, "all", 0, cfg.test_limit)
-    if cfg.noise_mode != "none":
-        train = with_noise(train, cfg)
-    return train, test
+        src = split_classes(src, classes, f"{src.split}:classes{_short(classes)}")
+    if training:
+        src = select(src, subset, subset_seed, limit)
+        if noise_mode != "none":
+            src = with_noise(src, noise_mode, noise_rate, noise_seed, data_dir)
+    else:
+        src = select(src, "all", 0, limit)
+    return _checked(src)
 
 
-def load_run_splits(cfg: DataConfig, run_seed: int = 0) -> Splits:
-    """The selection and its validation hold-out (``val_fraction``, drawn from ``val_seed``, or from
-    ``run_seed`` when that is unset), checked: no split empty, every label within the classes."""
-    selection, test = training_selection(cfg)
+def _checked(src: Source) -> Source:
+    """``src``, unless it is empty or has a label outside its classes."""
+    if len(src) == 0:
+        raise DataError(f"{src.name}/{src.split} is empty")
+    lo, hi = int(src.labels.min()), int(src.labels.max())
+    if lo < 0 or hi >= src.num_classes:
+        raise DataError(f"{src.name}/{src.split}: labels {lo}..{hi} fall outside the {src.num_classes} classes")
+    return src
+
+
+def load_run_splits(source: str = "fashion_mnist", *, data_dir: str | None = None, train_split: str = "train",
+                    test_split: str = "test", subset: str = "all", subset_seed: int = 0, limit: int = 0,
+                    test_limit: int = 0, image_size: int = 224, skip_corrupt: bool = False,
+                    classes: list[int] | None = None, noise_mode: str = "none", noise_rate: float = 0.0,
+                    noise_seed: int = 0, val_fraction: float = 0.0, val_seed: int | None = None,
+                    run_seed: int = 0) -> Splits:
+    """The training selection (what a store covers), its validation hold-out (``val_fraction``, drawn
+    from ``val_seed``, or from ``run_seed`` when that is unset) and the test split, all checked."""
+    common: dict[str, Any] = dict(data_dir=data_dir, image_size=image_size, skip_corrupt=skip_corrupt, classes=classes)
+    selection = load_split(source, train_split, training=True, subset=subset, subset_seed=subset_seed, limit=limit,
+                           noise_mode=noise_mode, noise_rate=noise_rate, noise_seed=noise_seed, **common)
+    test = load_split(source, test_split, training=False, limit=test_limit, **common)
     train, val, rows = selection, None, None
-    if cfg.val_fraction > 0:
-        if not 0 < cfg.val_fraction < 1:
-            raise DataError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
-        val_seed = cfg.val_seed if cfg.val_seed is not None else run_seed
-        perm = np.random.default_rng([val_seed, len(selection)]).permutation(len(selection))
-        n_val = max(1, int(round(cfg.val_fraction * len(selection))))
+    if val_fraction > 0:
+        if not 0 < val_fraction < 1:
+            raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        perm = np.random.default_rng([val_seed if val_seed is not None else run_seed, len(selection)]).permutation(
+            len(selection))
+        n_val = max(1, int(round(val_fraction * len(selection))))
         rows = np.sort(perm[n_val:])
-        val = selection.subset(np.sort(perm[:n_val]), f"{selection.split}:val{cfg.val_fraction}")
-        train = selection.subset(rows, f"{selection.split}:train{1 - cfg.val_fraction:g}")
-    for src in (train, val, test):
-        if src is None:
-            continue
-        if len(src) == 0:
-            raise DataError(f"{src.name}/{src.split} is empty")
-        lo, hi = int(src.labels.min()), int(src.labels.max())
-        if lo < 0 or hi >= src.num_classes:
-            raise DataError(f"{src.name}/{src.split}: labels {lo}..{hi} fall outside the {src.num_classes} classes")
+        val = _checked(selection.subset(np.sort(perm[:n_val]), f"{selection.split}:val{val_fraction}"))
+        train = _checked(selection.subset(rows, f"{selection.split}:train{1 - val_fraction:g}"))
     return Splits(selection, train, val, test, rows)
 
 
-def load_splits(cfg: DataConfig, run_seed: int = 0) -> tuple[Source, Source | None, Source]:
+def load_splits(run_seed: int = 0, **data: Any) -> tuple[Source, Source | None, Source]:
     """Training part, validation split (``val_fraction``, else None) and test split (see :func:`load_run_splits`)."""
-    s = load_run_splits(cfg, run_seed)
+    s = load_run_splits(run_seed=run_seed, **data)
     return s.train, s.val, s.test
 
 
-def train_and_test(cfg: DataConfig) -> tuple[Source, Source]:
+def train_and_test(**data: Any) -> tuple[Source, Source]:
     """The training selection (without any validation hold-out: a store covers it all) and the test split."""
-    s = load_run_splits(cfg)
+    s = load_run_splits(**data)
     return s.selection, s.test
