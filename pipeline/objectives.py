@@ -163,6 +163,13 @@ class KD(Objective):
         terms["kd"] = kl.mean().detach()
         return kl
 
+    def kd_and_confidence(self, zs: Tensor, zt: Tensor, terms: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-sample ``T^2 KL`` and the student's self-confidence ``CE(z_s, argmax z_s)``, logged as ``kd``, ``align``."""
+        kl = self.kd_term(zs, zt, terms)
+        c_s = self_confidence(zs)
+        terms["align"] = c_s.mean().detach()
+        return kl, c_s
+
     def combine(self, zs: Tensor, zt: Tensor | None, gt: Tensor, terms: dict[str, Tensor], epoch: int,
                 epochs: int) -> ObjectiveOutput:
         assert zt is not None
@@ -197,9 +204,7 @@ class AugConf(KD):
     def combine(self, zs: Tensor, zt: Tensor | None, gt: Tensor, terms: dict[str, Tensor], epoch: int,
                 epochs: int) -> ObjectiveOutput:
         assert zt is not None
-        kl = self.kd_term(zs, zt, terms)
-        c_s = self_confidence(zs)
-        terms["align"] = c_s.mean().detach()
+        kl, c_s = self.kd_and_confidence(zs, zt, terms)
         alpha = self.augconf_alpha(epoch, epochs)
         weak = (1 - alpha) * kl.mean() + alpha * c_s.mean()
         return ObjectiveOutput(gt + self.kd_weight * weak, terms, torch.full_like(c_s, alpha).detach())
@@ -240,9 +245,7 @@ class AdaptConf(KD):
     def combine(self, zs: Tensor, zt: Tensor | None, gt: Tensor, terms: dict[str, Tensor], epoch: int,
                 epochs: int) -> ObjectiveOutput:
         assert zt is not None
-        kl = self.kd_term(zs, zt, terms)
-        c_s = self_confidence(zs)
-        terms["align"] = c_s.mean().detach()
+        kl, c_s = self.kd_and_confidence(zs, zt, terms)
         c_t = cross_entropy(zs, zt.argmax(dim=-1))
         beta = torch.sigmoid((c_s - c_t).detach() / self.threshold) * self.adaptconf_warmup(epoch, epochs)
         weak = ((1 - beta) * kl + beta * c_s).mean()
