@@ -144,7 +144,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, epochs: int) -> None:
     ax2.plot(ks, [r["stage1_fraction"] for r in st], color="tab:orange", marker="s", ls="--",
              label="stage-1 cost / online teacher cost")
     ax2.set_ylabel("stage-1 cost fraction", color="tab:orange")
-    fig.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.95), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
