@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import csv
 import json
 import random
 import time
@@ -28,8 +27,7 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.checkpoint import (CheckpointError, atomic_write, load_state, load_state_strict, save_model,
-                                 save_state, unwrap, write_json)
+from pipeline.checkpoint import CheckpointError, load_state, load_state_strict, save_model, save_state, unwrap
 from pipeline.config import Config, save_config
 from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
 from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
@@ -37,6 +35,7 @@ from pipeline.models import create
 from pipeline.nonfinite import SkippedSteps, check_step, check_weights
 from pipeline.objectives import Objective, build_objective
 from pipeline.pretrained import load_teacher
+from pipeline.run_dir import RunDir, epoch_line
 from pipeline.runtime import RunError, all_reduce_sum, main_lock, setup
 from pipeline.sources.base import Source
 from pipeline.sources.registry import load_run_splits
@@ -116,6 +115,7 @@ class Trainer:
         self.cfg, self.role, self.resume = cfg, role, resume
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.run.output)
+        self.run_dir = RunDir(self.out, resume, self.console)
         self.skipped: SkippedSteps | None = None  # fp16 steps skipped in a row (pipeline.nonfinite)
         self.partial: dict[str, Any] | None = None  # where a step checkpoint left the epoch it interrupted
 
@@ -128,6 +128,7 @@ class Trainer:
         """Load the data, the teacher (checking a store against the run), the model, optimizer and replayers."""
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
+        self.run_dir.is_main = self.dist.is_main
         splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
         self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
         self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
@@ -283,9 +284,9 @@ class Trainer:
             row.update(self._evaluate())
             history.append(row)
             if self.dist.is_main:
-                self._write_metrics(history)
+                self.run_dir.write_metrics(history, METRIC_KEYS)
                 self._checkpoint(epoch, history)
-                self.console.print(_epoch_line(row, epochs))
+                self.console.print(epoch_line(row, epochs, EPOCH_LINE))
         return self._finish(history)
 
     def epoch_sources(self, epoch: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
@@ -439,26 +440,15 @@ class Trainer:
 
     def _restore(self) -> tuple[int, list[dict[str, float]]]:
         """Load the last epoch checkpoint (and a later step checkpoint) when resuming; (next epoch, history)."""
-        ckpt = self.out / "checkpoints"
-        state_path, step_path = ckpt / "state.pt", ckpt / "step.pt"
-        if (self.out / "result.json").exists() and not self.resume:
-            raise RunError(f"{self.out} already holds a finished run; choose another run.output")
         if self.cfg.run.checkpoint_every_steps and self.dist.world > 1:
             raise RunError("run.checkpoint_every_steps supports single-process runs; set it to 0 with torchrun")
-        if not state_path.exists() and not step_path.exists():
-            if self.resume and self.dist.is_main:
-                self.console.print(f"no checkpoint in {self.out}; starting from scratch")
+        step_path = self.run_dir.checkpoints / "step.pt"
+        if not self.run_dir.check_start(self.run_dir.state_path.exists() or step_path.exists()):
             return 0, []
-        if not self.resume:
-            raise RunError(f"{self.out} holds an unfinished run; pass --resume to continue it or choose another run.output")
         start_epoch, history = 0, []
-        if state_path.exists():
-            state = load_state(state_path)
-            self._load_training_state(state, state_path)
-            history = json.loads(state["history"])
-            start_epoch = int(state["epoch"]) + 1
-            if self.dist.is_main:
-                self.console.print(f"resuming {self.out} after epoch {start_epoch}")
+        if self.run_dir.state_path.exists():
+            state, start_epoch, history = self.run_dir.load_epoch_state()
+            self._load_training_state(state, self.run_dir.state_path)
         self._restore_step(start_epoch)
         return start_epoch, history
 
@@ -491,28 +481,14 @@ class Trainer:
                 "torch_rng": torch.get_rng_state()}
 
     def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        save_state(self.out / "checkpoints" / "state.pt",
-                   {"epoch": epoch, **self._training_state(), "history": json.dumps(history)})
-        (self.out / "checkpoints" / "step.pt").unlink(missing_ok=True)  # superseded
+        self.run_dir.save_epoch_state(epoch, self._training_state(), history)
+        (self.run_dir.checkpoints / "step.pt").unlink(missing_ok=True)  # superseded
 
     def _step_checkpoint(self, epoch: int, steps_done: int, sums: np.ndarray) -> None:
         """A recovery checkpoint inside an epoch (``run.checkpoint_every_steps``), written atomically."""
         save_state(self.out / "checkpoints" / "step.pt", {
             "epoch": epoch, "step": steps_done, **self._training_state(), "sums": json.dumps(sums.tolist()),
             "py_random": json.dumps(random.getstate())})
-
-    def _write_metrics(self, history: list[dict[str, float]]) -> None:
-        keys = [k for k in METRIC_KEYS if any(k in r for r in history)]
-        lines = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write(self.out / "metrics.jsonl", lambda p: Path(p).write_text(lines))
-
-        def write_csv(p: str) -> None:
-            with open(p, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(history)
-
-        atomic_write(self.out / "metrics.csv", write_csv)
 
     def _finish(self, history: list[dict[str, float]]) -> dict[str, Any]:
         last = history[-1]
@@ -532,7 +508,7 @@ class Trainer:
                           test_acc_at_best=best["test_acc"])
         if self.dist.is_main:
             save_model(self.model, self.out, self._meta())
-            write_json(self.out / "result.json", result)
+            self.run_dir.write_result(result)
         return result
 
 
@@ -542,15 +518,8 @@ def _random_state(saved: list[Any]) -> tuple[Any, ...]:
     return version, tuple(internal), gauss
 
 
-def _epoch_line(row: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {int(row['epoch']) + 1}/{epochs}", f"loss {row['loss']:.4f}", f"train {row['train_acc']:.4f}",
-             f"test {row['test_acc']:.4f}"]
-    if "weight_mean" in row:
-        parts.append(f"weight {row['weight_mean']:.3f}")
-    if "test_agreement" in row:
-        parts.append(f"agree {row['test_agreement']:.4f}")
-    parts.append(f"{row['images_per_s']:.0f} img/s")
-    return "  ".join(parts)
+EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("test_acc", "test {:.4f}"),
+              ("weight_mean", "weight {:.3f}"), ("test_agreement", "agree {:.4f}"), ("images_per_s", "{:.0f} img/s"))
 
 
 def train(cfg: Config, role: str = "student", resume: bool = False, console: Console | None = None) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def test_few_shot_meta_stops_at_a_nan_loss(fmnist_dir: Path, tmp_path: Path, mon
         inner, calls = build(*args, **kwargs), []
 
         class Poisoned:
-            name, needs_teacher = inner.name, inner.needs_teacher
+            name, needs_teacher, sample_weight = inner.name, inner.needs_teacher, inner.sample_weight
 
             def __call__(self, *a, epoch, **k):  # type: ignore[no-untyped-def]
                 out = inner(*a, epoch=epoch, **k)

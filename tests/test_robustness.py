@@ -125,7 +125,7 @@ def _kill_when(cmd: list[str], ready, rng: random.Random) -> None:
 
 def test_train_student_resume_after_sigkill(base, tmp_path):
     out, cfg = base
-    args = ["train-student", str(cfg), "--set", "optim.epochs=4"]
+    args = ["train-student", str(cfg), "--set", "optim.epochs=8"]  # enough epochs left to be killed in
     _cli(*args, "--set", f"run.output={tmp_path / 'clean'}")
     killed = tmp_path / "killed"
     rng = random.Random(7)

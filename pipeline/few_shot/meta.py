@@ -8,7 +8,6 @@ ground-truth query labels through CE.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from pipeline.checkpoint import (CheckpointError, atomic_write, load_state, load_state_strict, save_model, save_state,
-                                 write_json)
+from pipeline.checkpoint import CheckpointError, load_state_strict, save_model
 from pipeline.few_shot.config import FewShotConfig, _check_meta, _save_config
 from pipeline.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.few_shot.episodes import cosine_logits, prototypes, sample_episode
 from pipeline.nonfinite import check_step, check_weights
 from pipeline.objectives import Objective, build_objective
+from pipeline.run_dir import RunDir, epoch_line
 from pipeline.runtime import RunError, RunLock, setup
 from pipeline.specs import dataset_record, teacher_spec
 
@@ -112,6 +111,7 @@ class MetaTrainer:
     def __init__(self, cfg: FewShotConfig, resume: bool, console: Console) -> None:
         self.cfg, self.resume, self.console = cfg, resume, console
         self.out = Path(cfg.run.output)
+        self.run_dir = RunDir(self.out, resume, console)
 
     def run(self) -> dict[str, Any]:
         _check_meta(self.cfg.meta)
@@ -124,9 +124,9 @@ class MetaTrainer:
                 row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
                 check_weights([self.model, self.head], epoch, self.cfg.meta.epochs, self.device, lr_key="meta.lr")
                 history.append(row)
-                self._write_metrics(history)
+                self.run_dir.write_metrics(history)
                 self._checkpoint(epoch, history)
-                self.console.print(_epoch_line(row, self.cfg.meta.epochs))
+                self.console.print(epoch_line(row, self.cfg.meta.epochs, EPOCH_LINE))
             return self._finish(history)
 
     def prepare(self) -> None:
@@ -192,40 +192,27 @@ class MetaTrainer:
                "episodes_per_s": len(batches) * layout.episodes / elapsed, "epoch_s": elapsed}
         if self.teacher is not None:
             row.update(kd=s[2], train_agreement=s[6])
-        if self.objective.name == "adaptconf":
+        if self.objective.sample_weight is not None:
             row.update(align=s[3], weight_mean=s[4])
         return row
 
     def _restore(self) -> tuple[int, list[dict[str, float]]]:
-        state_path = self.out / "checkpoints" / "state.pt"
-        if (self.out / "result.json").exists() and not self.resume:
-            raise RunError(f"{self.out} already holds a finished run; choose another run.output")
-        if not state_path.exists():
-            if self.resume:
-                self.console.print(f"no checkpoint in {self.out}; starting from scratch")
+        if not self.run_dir.check_start(self.run_dir.state_path.exists()):
             return 0, []
-        if not self.resume:
-            raise RunError(f"{self.out} holds an unfinished run; pass --resume to continue it or choose another run.output")
-        state = load_state(state_path)
+        state, start, history = self.run_dir.load_epoch_state()
         try:
-            load_state_strict(self.model, state["model"], str(state_path))
-            load_state_strict(self.head, state["head"], str(state_path))
+            load_state_strict(self.model, state["model"], str(self.run_dir.state_path))
+            load_state_strict(self.head, state["head"], str(self.run_dir.state_path))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.console.print(f"resuming {self.out} after epoch {state['epoch'] + 1}")
-        return int(state["epoch"]) + 1, json.loads(state["history"])
+        return start, history
 
     def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        save_state(self.out / "checkpoints" / "state.pt", {
-            "epoch": epoch, "model": self.model.state_dict(), "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "history": json.dumps(history)})
-
-    def _write_metrics(self, history: list[dict[str, float]]) -> None:
-        lines = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write(self.out / "metrics.jsonl", lambda p: Path(p).write_text(lines))
+        self.run_dir.save_epoch_state(epoch, {
+            "model": self.model.state_dict(), "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, history)
 
     def _finish(self, history: list[dict[str, float]]) -> dict[str, Any]:
         m, last = self.cfg.meta, history[-1]
@@ -240,19 +227,13 @@ class MetaTrainer:
             "cosine_scale": scale, "encoder_sha256": self.encoder_sha, "teacher_sha256": self.teacher_sha,
             "train_samples": len(self.source), "train_classes": self.source.num_classes,
         }
-        write_json(self.out / "result.json", result)
+        self.run_dir.write_result(result)
         return result
 
 
-def _epoch_line(row: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {int(row['epoch']) + 1}/{epochs}", f"loss {row['loss']:.4f}", f"train {row['train_acc']:.4f}",
-             f"scale {row['scale']:.2f}"]
-    if "weight_mean" in row:
-        parts.append(f"weight {row['weight_mean']:.3f}")
-    if "train_agreement" in row:
-        parts.append(f"agree {row['train_agreement']:.4f}")
-    parts.append(f"{row['episodes_per_s']:.1f} episodes/s")
-    return "  ".join(parts)
+EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("scale", "scale {:.2f}"),
+              ("weight_mean", "weight {:.3f}"), ("train_agreement", "agree {:.4f}"),
+              ("episodes_per_s", "{:.1f} episodes/s"))
 
 
 def meta_train(cfg: FewShotConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
