@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-quick test bench clean
+.PHONY: setup demo demo-quick test bench gpu-check clean
 
 setup: $(VENV)/.installed $(FMNIST)
 
@@ -32,6 +32,10 @@ bench: setup
 	$(PY) bench/stage2_throughput.py --pair cifar
 	$(PY) bench/stage1_throughput.py --pair cifar
 	$(PY) bench/sweep_amortization.py --pair cifar
+
+# on a CUDA machine (no setup: DALI is not needed there); without CUDA it prints one line and exits 0
+gpu-check:
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Weak-to-strong training with cached teacher soft labels (docs/design.md).")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # lines never wrap in logs
 _state = {"debug": False}
 T = TypeVar("T")
 
@@ -82,6 +82,20 @@ def train_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
 
         extra = ["run.deterministic=true"] if deterministic else []
         result = train(_load(config, (set_ or []) + extra), role="teacher", resume=resume, console=console)
+        typer.echo(json.dumps(result))
+    _guard(go)
+
+
+@app.command("sel-cl")
+def sel_cl(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+           deterministic: bool = DeterministicOpt) -> None:
+    """Sel-CL pre-training on noisy labels: contrastive learning with kNN-selected confident examples and pairs."""
+    def go() -> None:
+        from pipeline.sel_cl.pretrain import pretrain
+
+        extra = ["run.deterministic=true"] if deterministic else []
+        result = pretrain(_load(config, (set_ or []) + extra), resume=resume, console=console)
         typer.echo(json.dumps(result))
     _guard(go)
 
@@ -173,6 +187,19 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
 
         run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
                  console=console)
+    _guard(go)
+
+
+@app.command("noisy-demo")
+def noisy_demo(output: Path = typer.Option(Path("runs/noisy_demo"), "--output", help="where runs, report and figure go"),
+               data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
+               seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds")) -> None:
+    """Noisy labels on Fashion-MNIST (40% symmetric and asym_next): CE vs Sel-CL -> Sel-CL+ vs Sel-CL+ with AdaptConf."""
+    def go() -> None:
+        from pipeline.noisy_demo import run_noisy_demo
+
+        print(run_noisy_demo(output, seeds=_seeds(seeds), data_dir=str(data_dir) if data_dir else None,
+                             console=console))
     _guard(go)
 
 

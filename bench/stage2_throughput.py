@@ -9,13 +9,13 @@ All variants run in one process, on the same data, student model object, batch s
 (c) ``limit``   the same student step on preloaded tensors (real replayed batches, random float16
     teacher logits): no data loading at all. The ceiling for (a) and (b).
 (d) ``loader``  ``stream()`` of the cached variant with no training (diagnostic).
-Cross-check: ``Trainer.train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online,
+Cross-check: ``RunLoop.train_epoch`` (the code `w2s train-student` runs), one epoch, cached and online,
 with its ``store_read_s`` metric: the time to read and verify the epoch's view from the store.
 Stage 1 has its own script, ``bench/stage1_throughput.py``.
 
 Model, optimizer, scheduler, objective, replayers, teacher and store handle come from real
 ``pipeline.train_student.Trainer`` objects (``prepare()``, store and online mode); the per-step
-body below mirrors ``Trainer.train_epoch`` (same calls, including its per-step ``.item()``
+body below mirrors ``RunLoop.train_epoch`` (same calls, including its per-step ``.item()``
 bookkeeping), so (a), (b) and (c) differ only in where the batch and the teacher logits come from.
 
 (a), (b) and (c) keep their batch iterators open for the whole measurement and are timed in
@@ -60,6 +60,7 @@ from bench.common import (
 from pipeline.config import Config
 from pipeline.infer_teacher import infer
 from pipeline.loader import Batch, epoch_order, shard_batches, stream
+from pipeline.run_loop import MetricSums, RunLoop
 from pipeline.train_student import Trainer
 from pipeline.views import PARAM_DIM
 from store.soft_label_store import SoftLabelStore
@@ -68,34 +69,22 @@ from store.soft_label_store import SoftLabelStore
 # -- setup ---------------------------------------------------------------------------------------
 def prepared_trainer(cfg: Config) -> Trainer:
     """A real Trainer with models, optimizer, scheduler, objective, teacher and replayers set up."""
-    tr = Trainer(cfg, "student", resume=False, console=QUIET)
+    tr = Trainer(cfg, "student", console=QUIET)
     tr.prepare()
     return tr
 
 
-# -- the step, as in Trainer.train_epoch ---------------------------------------------------------
+# -- the step, as in RunLoop.train_epoch ---------------------------------------------------------
 class Stepper:
-    """The body of ``Trainer.train_epoch``'s loop: ``Trainer.train_step`` (teacher forward in online mode,
-    student forward, objective, backward, optimizer step), the scheduler update and the metric sums."""
+    """The body of the run loop's step: ``Trainer.train_step`` (teacher forward in online mode, student
+    forward, objective, backward, optimizer step, the scheduler update and the step's named metrics)."""
 
     def __init__(self, tr: Trainer) -> None:
         self.tr = tr
-        self.updates = 0
-        self.sums = np.zeros(9)
+        self.sums = MetricSums()
 
     def __call__(self, epoch: int, step: int, b: Batch) -> None:
-        tr = self.tr
-        out, zs, zt = tr.train_step(b, epoch, step)
-        self.updates += 1
-        tr.scheduler.step_update(self.updates)
-        n = len(b.indices)
-        pred = zs.detach().argmax(1)
-        self.sums += [out.total.item() * n, out.terms["gt"].item() * n,
-                      out.terms["kd"].item() * n if "kd" in out.terms else 0.0,
-                      out.terms["align"].item() * n if "align" in out.terms else 0.0,
-                      0.0 if out.sample_weight is None else out.sample_weight.sum().item(),
-                      (pred == b.labels).sum().item(),
-                      0.0 if zt is None else (pred == zt.argmax(1)).sum().item(), n, 1]
+        self.sums.add(self.tr.train_step(b, epoch, step).metrics)
 
 
 # -- batch sources -------------------------------------------------------------------------------
@@ -103,7 +92,7 @@ Batches = Iterator[tuple[int, int, Batch]]  # (epoch, step within the epoch, bat
 
 
 def trainer_batches(tr: Trainer) -> Batches:
-    """Epoch after epoch, the batches ``Trainer.train_epoch`` trains on: view params and teacher
+    """Epoch after epoch, the batches ``RunLoop.train_epoch`` trains on: view params and teacher
     logits from ``Trainer.epoch_sources`` (the store's view of the epoch, or drawn params in online
     mode), replayed by the Trainer's ``ViewReplayer`` in ``stream()``'s prefetch thread."""
     model = tr.model
@@ -186,9 +175,9 @@ def table(res: dict[str, Any]) -> str:
              row("(c) limit: student step on preloaded tensors", v["limit"], "1.000", ""),
              row("(d) loader only: stream() of (a), no step", v["loader"],
                  f"{v['loader']['images_per_s'] / v['limit']['images_per_s']:.1f}x", "diagnostic"),
-             row("Trainer.train_epoch, store mode", te["store"], f"{q['trainer_store/limit']:.3f}",
+             row("RunLoop.train_epoch, store mode", te["store"], f"{q['trainer_store/limit']:.3f}",
                  f"one epoch ({te['store']['steps']} steps), the real loop"),
-             row("Trainer.train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
+             row("RunLoop.train_epoch, online mode", te["online"], f"{q['trainer_online/limit']:.3f}",
                  f"one epoch ({te['online']['steps']} steps), the real loop"),
              "",
              (f"store read per epoch (`store_read_s`, the epoch's view read and checksum-verified): "
@@ -282,9 +271,9 @@ def full_size_read(args: argparse.Namespace, tmp: Path, repeats: int = 3) -> dic
 
 
 def trainer_epoch(tr: Trainer) -> dict[str, Any]:
-    """One epoch of ``Trainer.train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
+    """One epoch of ``RunLoop.train_epoch`` (epoch 1: an augmented view) and its own images/s metric."""
     end = cpu_window()
-    row = tr.train_epoch(1)
+    row = RunLoop(tr, resume=False, console=QUIET).train_epoch(1)
     return {"images_per_s": row["images_per_s"], "seconds": row["epoch_s"], "steps": tr.steps_per_epoch,
             "store_read_s": row.get("store_read_s"), **{
         k: v for k, v in end().items() if k in ("foreign_cpu_fraction", "steal_fraction")}}

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from pipeline.objectives import OBJECTIVES, check_param, objective_params
+from pipeline.sel_cl.config import NoisyConfig, SelCLConfig
+from pipeline.trackers import TRACKERS
 
 
 class ConfigError(ValueError):
@@ -198,7 +200,8 @@ class RunConfig:
     ``deterministic`` asks torch for deterministic algorithms (identical runs on CPU; slower on GPU).
     ``checkpoint_every_steps`` (0 = off) also writes a recovery checkpoint every that many steps
     inside an epoch, so ``--resume`` after a crash or SIGKILL continues mid-epoch, to the same weights
-    (single-process runs).
+    (also under torchrun: rank 0 writes it with every rank's own state). ``log`` adds experiment
+    trackers fed with every metrics row: ``tensorboard`` and/or ``wandb`` (offline).
     """
 
     output: str = "runs/default"
@@ -211,6 +214,7 @@ class RunConfig:
     compile_backend: str = "inductor"
     deterministic: bool = False
     checkpoint_every_steps: int = 0
+    log: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -225,6 +229,8 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sel_cl: SelCLConfig = field(default_factory=SelCLConfig)
+    noisy: NoisyConfig = field(default_factory=NoisyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -370,6 +376,15 @@ RULES: dict[str, Check] = {
     "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
     # run (both schemas)
     "run.seed": _at_least(0), "run.num_threads": _at_least(1), "run.checkpoint_every_steps": _at_least(0),
+    # noisy labels: sel_cl (w2s sel-cl) and noisy (Sel-CL+ fine-tuning)
+    "sel_cl.low_dim": _at_least(1), "sel_cl.k": _at_least(1), "sel_cl.alpha": _within(0, 1),
+    "sel_cl.beta": _within(0, 1), "sel_cl.queue_per_class": _at_least(1), "sel_cl.uns_queue_size": _at_least(1),
+    "sel_cl.uns_t": _above(0), "sel_cl.sup_t": _above(0), "sel_cl.ema_momentum": _within(0, 1),
+    "sel_cl.mixup_alpha": _above(0), "sel_cl.lambda_c": _at_least(0), "sel_cl.lambda_s": _at_least(0),
+    "sel_cl.sim_grad_clip": _above(0), "sel_cl.sup_queue_begin": _at_least(0), "sel_cl.warmup_epochs": _at_least(0),
+    "sel_cl.lr_warmup_epochs": _at_least(0), "sel_cl.lr_warmup_multiplier": Check(lo=1),
+    "sel_cl.crop_scale": _within(0, 1, lo_open=True), "sel_cl.select_batch_size": _at_least(1),
+    "noisy.label_correction_from": _at_least(0), "noisy.bootstrap": _within(0, 1),
     # few-shot: episodes (w2s few-shot eval)
     "episodes.n_way": _at_least(2), "episodes.shots": Check(lo=1, nonempty=True), "episodes.n_query": _at_least(1),
     "episodes.episodes": _at_least(1), "episodes.seed": _at_least(0), "episodes.batch_size": _at_least(1),
@@ -437,6 +452,8 @@ def validate(cfg: Any, prefix: str = "") -> Any:
         rule = RULES.get(key)
         if rule is not None:
             _check_rule(rule, value, key, cfg)
+        if key == "run.log" and any(name not in TRACKERS for name in value):
+            raise ConfigError(f"run.log may list {', '.join(TRACKERS)}, got {value}")
         if key == "objective.name" and value not in OBJECTIVES:
             raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {value!r}")
         if prefix == "objective." and f.name in objective_params():

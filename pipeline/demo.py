@@ -24,6 +24,7 @@ from rich.console import Console
 from pipeline.config import Config, load_config
 from pipeline.infer_teacher import infer
 from pipeline.report import load_run, pgr, plus_minus, report
+from pipeline.runtime import stderr_console
 from pipeline.stats import mean_std, paired_difference
 from pipeline.train_student import train
 
@@ -60,7 +61,7 @@ def _config(name: str, overrides: list[str]) -> Config:
 def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = None, seeds: tuple[int, ...] = (0,),
              console: Console | None = None) -> str:
     """Run every step for every seed under ``output`` and return the markdown table (also in ``report/demo.md``)."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     out = Path(output) / ("quick" if quick else "full")
     start = time.perf_counter()
     students = WEAK_ONLY if quick else WEAK_ONLY + WITH_GT

@@ -25,8 +25,9 @@ from rich.progress import (
 from pipeline.config import Config, TeacherConfig
 from pipeline.loader import ViewReplayer, crop_size_for, stream
 from pipeline.pretrained import load_teacher
-from pipeline.runtime import RunError, barrier, main_lock, setup
+from pipeline.runtime import RunError, barrier, main_lock, setup, stderr_console
 from pipeline.sources.base import Source
+from pipeline.sel_cl.selected import keep_selected
 from pipeline.sources.registry import train_and_test
 from pipeline.specs import dataset_record, teacher_spec, view_policy
 from pipeline.views import PARAM_DIM, ViewPolicy, sample_params
@@ -35,7 +36,7 @@ from store.soft_label_store import SoftLabelStore
 
 def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     """Create or resume the store at ``teacher.store``; returns a summary (per-view accuracy, chunks done)."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     tc = cfg.teacher
     if not tc.checkpoint:
         raise RunError("teacher.checkpoint is not set (a `w2s train-teacher` run directory or model.safetensors)")
@@ -43,6 +44,8 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         raise RunError("teacher.store is not set (where to write the store)")
     device, info = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
     source, _ = train_and_test(**dataclasses.asdict(cfg.data))
+    if cfg.noisy.selection:  # the Sel-CL+ fine-tuning set
+        source = keep_selected(source, cfg.noisy.selection)
     teacher, meta, sha = load_teacher(tc.checkpoint, tc.model, source.num_classes, source.channels)
     teacher = teacher.to(device)
     if source.num_classes != meta["num_classes"]:

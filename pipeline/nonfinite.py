@@ -1,14 +1,14 @@
 """Stopping a training run at the first sign of divergence, keeping the last good checkpoint.
 
-Both training loops (``pipeline.train_student.Trainer`` and ``pipeline.few_shot.meta.MetaTrainer``)
-read every step's loss on the host already (for the epoch's metrics); they hand it to
+The run loop (``pipeline.run_loop``) reads every step's loss on the host already (its tasks
+return it with the step's metrics); it hands it to
 :func:`check_step`, which raises :class:`~pipeline.runtime.RunError` at the first non-finite loss,
 naming the epoch and step the way the epoch lines do (1-based, ``epoch 2/10, step 5/40``). With
 fp16 AMP a step skipped by the gradient scaler (inf/nan gradients, the scale is halved) is normal;
 :data:`MAX_SKIPPED_STEPS` of them in a row is not, and stops the run too. Before an epoch's
 checkpoint is written, :func:`weights_finite` makes sure it holds no non-finite weight.
 
-Raising before ``_checkpoint`` leaves ``checkpoints/state.pt`` (and ``metrics.jsonl``) as the last
+Raising before the epoch checkpoint leaves ``checkpoints/state.pt`` (and ``metrics.jsonl``) as the last
 completed epoch wrote them, so the run stays resumable; no ``result.json`` is written.
 """
 from __future__ import annotations

@@ -4,12 +4,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import torch
 import torch.distributed as dist
+from rich.console import Console
+
+
+def stderr_console() -> Console:
+    """The console for progress and epoch lines, on stderr; off a terminal (logs, CI) lines never wrap."""
+    return Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 class RunError(RuntimeError):

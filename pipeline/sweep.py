@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pipeline.checkpoint import write_json
 from pipeline.config import ConfigError, load_config, parse_override
-from pipeline.runtime import RunError
+from pipeline.runtime import RunError, stderr_console
 from store.soft_label_store import SoftLabelStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     from pipeline.infer_teacher import infer
     from pipeline.train_student import train
 
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     out = Path(output)
     grid = parse_grid(grid_items)
     runs = expand(grid, seeds)
@@ -145,7 +145,7 @@ def _worker(argv: list[str]) -> int:
     """``python -m pipeline.sweep CONFIG KEY=VALUE...``: one resumed student run; 2 on the run's own errors."""
     from pipeline.train_student import train
 
-    console = Console(stderr=True)
+    console = stderr_console()
     try:
         result = train(load_config(argv[0], argv[1:]), role="student", resume=True, console=console)
     except RUN_ERRORS as exc:

@@ -306,7 +306,7 @@ def test_replay_resize_matches_pil_bilinear(out):
 # -- random erasing and mixing ----------------------------------------------------------------------
 
 def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespace, torch.Tensor]:
-    """A stand-in Trainer for ``Trainer.train_step``: mixup only, erasing with probability 1, a recording net."""
+    """A stand-in Trainer for ``Trainer.optimizer_step``: mixup only, erasing with probability 1, a recording net."""
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -323,7 +323,7 @@ def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespa
     trainer = SimpleNamespace(
         cfg=cfg, teacher=None, memory_format=torch.contiguous_format, mix=MixConfig(mixup=1.0),
         objective=lambda zs, zt, target, epoch, epochs: SimpleNamespace(total=zs.sum()),
-        train_src=SimpleNamespace(num_classes=4), erasing=RandomErasing(1.0, mode="pixel", device="cpu"),
+        train_src=SimpleNamespace(num_classes=4), epochs=1, erasing=RandomErasing(1.0, mode="pixel", device="cpu"),
         _autocast=nullcontext, net=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
         scaler=SimpleNamespace(scale=lambda t: t, step=lambda opt: opt.step(), update=lambda: None))
     x = torch.arange(1.0, 5.0).mul(25).view(4, 1, 1, 1).expand(4, 3, 16, 16).contiguous()  # constant images
@@ -345,7 +345,7 @@ def test_random_erasing_order_around_mixup(erase_before_mix):
     step = 3
     mix = draw(trainer.mix, batch_rng(0, 0, step))
     assert 0 < mix.lam < 1
-    _seeded(lambda: Trainer.train_step(trainer, batch, 0, step))
+    _seeded(lambda: Trainer.optimizer_step(trainer, batch, 0, step))
     seen = trainer.net.seen
     eraser = RandomErasing(1.0, mode="pixel", device="cpu")
     erased = _seeded(lambda: eraser(x.clone()))

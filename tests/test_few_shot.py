@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from pipeline.checkpoint import load_model
 from pipeline.config import ConfigError
 from pipeline.few_shot import EpisodeLayout, MetaTrainer, epoch_batches, load_few_shot_config
+from pipeline.run_loop import RunLoop
 from tests.cli_run import fails, ok
 from tests.formats import dump_py2
 
@@ -137,16 +138,16 @@ def test_meta_refuses_to_overwrite_and_resumes_to_the_same_weights(mini_dir: Pat
     _fails(["few-shot", "meta", *common, *_sets(run__output=str(mini_runs["meta"]))], "already holds a finished run")
     out = tmp_path / "interrupted"
     cfg = load_few_shot_config(common[0], [str(a) for a in common[1:] if a != "--set"] + [f"run.output={out}"])
-    trainer = MetaTrainer(cfg, resume=False, console=Console(quiet=True))
-    original = trainer._checkpoint
+    loop = RunLoop(MetaTrainer(cfg, console=Console(quiet=True)), resume=False, console=Console(quiet=True))
+    original = loop.run_dir.save_epoch_state
 
-    def stop_after_first(epoch: int, history: list) -> None:
-        original(epoch, history)
+    def stop_after_first(epoch: int, state: dict, history: list) -> None:
+        original(epoch, state, history)
         raise KeyboardInterrupt
 
-    trainer._checkpoint = stop_after_first  # type: ignore[method-assign]
+    loop.run_dir.save_epoch_state = stop_after_first  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+        loop.run()
     assert not (out / "result.json").exists()
     _fails(["few-shot", "meta", *common, *_sets(run__output=str(out))], "pass --resume")
     _ok(["few-shot", "meta", *common, *_sets(run__output=str(out)), "--resume"])

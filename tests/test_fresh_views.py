@@ -65,10 +65,10 @@ def _cfg(tmp: Path, fmnist_dir: Path, **sections: dict) -> Path:
 
 
 def _epoch_params(cfg_path: Path, role: str, *over: str) -> list[np.ndarray]:
-    tr = Trainer(load_config(cfg_path, list(over)), role, resume=False)
+    tr = Trainer(load_config(cfg_path, list(over)), role)
     tr.prepare()
     idx = np.arange(len(tr.train_src))
-    return [tr.epoch_sources(e)[0](idx) for e in range(tr.cfg.optim.epochs)]
+    return [tr.epoch_sources(e)[0](idx) for e in range(tr.epochs)]
 
 
 @pytest.fixture(scope="module")

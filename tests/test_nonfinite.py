@@ -159,7 +159,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
     step with a finite one). The run fails naming the place, epoch 1's checkpoint stays intact and resumes."""
     from pipeline.train_student import Trainer
 
-    step_of = Trainer.train_step
+    step_of = Trainer.optimizer_step
 
     def poisoned(self, b, epoch, step):  # type: ignore[no-untyped-def]
         out, zs, zt = step_of(self, b, epoch, step)
@@ -172,7 +172,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
 
     cfg = _config(tmp_path, fmnist_dir)
     run = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    monkeypatch.setattr(Trainer, "optimizer_step", poisoned)
     line = _error_line(invoke(["train-teacher", str(cfg)]))
     if where == "loss":
         assert "training diverged at epoch 2/2, step 3/8 (loss nan)" in line, line
@@ -184,7 +184,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]
-    monkeypatch.setattr(Trainer, "train_step", step_of)
+    monkeypatch.setattr(Trainer, "optimizer_step", step_of)
     result = ok(["train-teacher", str(cfg), "--resume"])
     assert result["epochs"] == 2 and (run / "result.json").exists()
     assert all(np.isfinite(v).all() for v in load_file(str(run / "model.safetensors")).values())

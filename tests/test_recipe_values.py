@@ -181,7 +181,52 @@ def _few_shot_rows() -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-TABLE = _cifar_rows() + _imagenet_rows() + _noisy_rows() + _few_shot_rows()
+SEL_PT = "noisy_labels_learning/CIFAR/train_Sel-CL.py (argparse defaults)"
+SEL_FT = "noisy_labels_learning/CIFAR/train_Sel-CL_fine-tuning.py (argparse defaults)"
+SEL_SCRIPTS = "noisy_labels_learning/CIFAR/RunScripts_cifar{10,100}_Sel-CL.sh"
+SEL_KD = "noisy_labels_learning/CIFAR/RunScripts_*_Sel-CL_plus-KD.sh + kd_config/adapt_conf_kd_kw1_kt*_th05.yaml"
+SEL_SETTINGS = {  # setting -> (alpha, beta, queue_per_class, KD temperature or None: no upstream KD command)
+    "cifar10_sym20": (0.5, 0.25, 1000, 20.0), "cifar10_asym40": (0.5, 0.25, 1000, 10.0),
+    "cifar100_sym20": (0.75, 0.35, 100, 1.0), "cifar100_asym40": (0.25, 0.0, 100, None)}
+
+
+def _sel_cl_rows() -> list[tuple[str, str, Any, str]]:
+    rows: list[tuple[str, str, Any, str]] = []
+    for setting, (alpha, beta, qpc, temp) in SEL_SETTINGS.items():
+        for net in ("pr18", "pr34"):
+            f = f"configs/noisy/sel_cl/{setting}_{net}_selcl.yaml"
+            rows += [(f, "optim.lr", 0.1, SEL_PT), (f, "optim.momentum", 0.9, SEL_PT),
+                     (f, "optim.weight_decay", 1e-4, SEL_PT), (f, "optim.epochs", 250, SEL_PT),
+                     (f, "optim.batch_size", 128, SEL_PT), (f, "optim.schedule", "multistep", SEL_PT),
+                     (f, "optim.milestones", [125.0, 200.0], SEL_PT), (f, "optim.decay_rate", 0.1, SEL_PT),
+                     (f, "sel_cl.low_dim", 128, SEL_PT), (f, "sel_cl.k", 250, SEL_PT),
+                     (f, "sel_cl.alpha", alpha, SEL_SCRIPTS), (f, "sel_cl.beta", beta, SEL_SCRIPTS),
+                     (f, "sel_cl.queue_per_class", qpc, SEL_SCRIPTS), (f, "sel_cl.uns_queue_size", 10000, SEL_PT),
+                     (f, "sel_cl.uns_t", 0.1, SEL_PT), (f, "sel_cl.sup_t", 0.1, SEL_PT),
+                     (f, "sel_cl.ema_momentum", 0.999, SEL_PT), (f, "sel_cl.mixup_alpha", 1.0, SEL_PT),
+                     (f, "sel_cl.lambda_c", 1.0, SEL_PT), (f, "sel_cl.lambda_s", 0.01, SEL_PT),
+                     (f, "sel_cl.sim_grad_clip", 0.25, "noisy_labels_learning/utils_sel/utils_noise.py"),
+                     (f, "sel_cl.sup_queue_begin", 3, SEL_PT), (f, "sel_cl.warmup_epochs", 1, SEL_PT),
+                     (f, "sel_cl.lr_warmup_epochs", 5, SEL_PT), (f, "sel_cl.lr_warmup_multiplier", 100.0, SEL_PT),
+                     (f, "model.name", "preact_resnet18" if net == "pr18" else "preact_resnet34", SEL_KD)]
+            plus = [f"configs/noisy/sel_cl/{setting}_{net}_selcl_plus.yaml"]
+            if net == "pr34" and temp is not None:
+                kd = f"configs/noisy/sel_cl/{setting}_pr34_selcl_plus_adaptconf.yaml"
+                plus.append(kd)
+                rows += [(kd, "objective.name", "adaptconf", SEL_KD), (kd, "objective.kd_temperature", temp, SEL_KD),
+                         (kd, "objective.threshold", 0.5, SEL_KD), (kd, "objective.kd_weight", 1.0, SEL_KD),
+                         (kd, "objective.warmup_rate", 0.25, NOISY_KD), (kd, "objective.warmup_style", "sel_cl", NOISY_KD)]
+            for f in plus:
+                rows += [(f, "optim.lr", 0.001, SEL_FT), (f, "optim.momentum", 0.9, SEL_FT),
+                         (f, "optim.weight_decay", 1e-4, SEL_FT), (f, "optim.epochs", 70, SEL_FT),
+                         (f, "optim.batch_size", 128, SEL_FT), (f, "optim.milestones", [], f"{SEL_FT} --M"),
+                         (f, "augment.mixup", 1.0, SEL_FT), (f, "model.pretrained_reset_head", True, SEL_FT),
+                         (f, "noisy.label_correction_from", 30, SEL_FT),
+                         (f, "noisy.bootstrap", 0.2, "noisy_labels_learning/utils_sel/utils_plus.py")]
+    return rows
+
+
+TABLE = _cifar_rows() + _imagenet_rows() + _noisy_rows() + _few_shot_rows() + _sel_cl_rows()
 FEW_SHOT_COMMANDS = ("meta_", "eval")  # configs of `w2s few-shot meta|eval` (their own schema)
 
 

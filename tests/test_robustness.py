@@ -141,6 +141,88 @@ def test_train_student_resume_after_sigkill(base, tmp_path):
     assert _metrics(tmp_path / "clean") == _metrics(killed)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (torchrun's workers run in their own process groups)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and all its descendants at once, and wait until they are gone."""
+    pids = [proc.pid, *_descendants(proc.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids[1:]):
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+def _run_cmd(args: list[str], nproc: int) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, str(ROOT / "cli.py"), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(ROOT / "cli.py"), *args]
+
+
+@pytest.mark.parametrize("mode,nproc", [("store", 1), ("online", 1), ("store", 2)])
+def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, nproc):
+    """A student (store or online teacher; one process or torchrun x2) killed inside epoch 2 resumes from its
+    step checkpoint and ends with exactly the weights and metrics of an uninterrupted run."""
+    out, cfg = base
+    args = ["train-student", str(cfg), "--set", f"teacher.mode={mode}", "--set", "optim.epochs=2",
+            "--set", "optim.batch_size=16", "--set", "run.checkpoint_every_steps=3", "--set", "run.deterministic=true",
+            "--set", "augment.mixup=0.4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.Popen(_run_cmd([*args, "--set", f"run.output={tmp_path / 'ref'}"], nproc), env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cut = tmp_path / "cut"
+    cmd = _run_cmd([*args, "--set", f"run.output={cut}"], nproc)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = cut / "checkpoints"
+    deadline = time.time() + 300
+    while not ((ckpt / "state.pt").exists() and (ckpt / "step.pt").exists()):  # inside epoch 2 of 2
+        assert proc.poll() is None, "the run ended before it was killed"
+        assert time.time() < deadline
+        time.sleep(0.002)
+    _kill_tree(proc)
+    assert not (cut / "result.json").exists()
+    if nproc == 2:
+        res = _cli(*args, "--set", f"run.output={cut}", "--resume", check=False)
+        assert res.returncode != 0 and "written by 2 processes but this run has 1" in " ".join(res.stderr.split())
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(step checkpoint)" in res.stderr
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
+    a, b = _weights(tmp_path / "ref"), _weights(cut)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert _metrics(tmp_path / "ref") == _metrics(cut)
+    assert not (ckpt / "step.pt").exists()  # superseded by the epoch checkpoint
+
+
 def test_infer_teacher_resume_after_sigkill(base, tmp_path):
     out, cfg = base
     target = tmp_path / "store"

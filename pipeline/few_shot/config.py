@@ -85,6 +85,8 @@ class FewShotRunConfig:
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 2
+    checkpoint_every_steps: int = 0
+    log: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pipeline.checkpoint import write_json
 from pipeline.few_shot.config import FewShotConfig, _check_episodes, _save_config
 from pipeline.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.few_shot.episodes import evaluate_episodes
-from pipeline.runtime import RunLock, setup
+from pipeline.runtime import RunLock, setup, stderr_console
 from pipeline.sources.base import Source
 from pipeline.specs import teacher_spec
 
@@ -53,7 +53,7 @@ def evaluate(cfg: FewShotConfig, console: Console | None = None) -> dict[str, An
     ``episodes.episodes`` episodes drawn from ``episodes.seed`` (same config, same episodes, same
     numbers). Writes ``config.yaml`` and ``result.json`` (accuracies as fractions) to ``run.output``.
     """
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     _check_episodes(cfg.episodes)
     _single_process()
     out = Path(cfg.run.output)

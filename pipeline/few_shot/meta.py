@@ -8,7 +8,6 @@ ground-truth query labels through CE.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from pipeline.checkpoint import CheckpointError, load_state_strict, save_model
 from pipeline.few_shot.config import FewShotConfig, _check_meta, _save_config
 from pipeline.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.few_shot.episodes import cosine_logits, prototypes, sample_episode
-from pipeline.nonfinite import check_step, check_weights
 from pipeline.objectives import Objective, build_objective
-from pipeline.run_dir import RunDir, epoch_line
-from pipeline.runtime import RunError, RunLock, setup
+from pipeline.run_loop import Epoch, RunLoop, StepOut, Task
+from pipeline.runtime import RunError, setup, stderr_console
 from pipeline.specs import dataset_record, teacher_spec
 
 TEACHER_SCALE = 10.0  # the teacher's fixed cosine scale; the student's learnable scale starts here too
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
 
 
 class CosinePrototypeHead(nn.Module):
@@ -105,33 +97,20 @@ def epoch_batches(by_class: dict[int, np.ndarray], layout: EpisodeLayout, batche
     return out
 
 
-class MetaTrainer:
-    """One Meta-Baseline run (see :func:`meta_train`)."""
+class MetaTrainer(Task):
+    """One Meta-Baseline run as a task of the run loop (see :func:`meta_train`)."""
 
-    def __init__(self, cfg: FewShotConfig, resume: bool, console: Console) -> None:
-        self.cfg, self.resume, self.console = cfg, resume, console
-        self.out = Path(cfg.run.output)
-        self.run_dir = RunDir(self.out, resume, console)
+    lr_key = "meta.lr"
 
-    def run(self) -> dict[str, Any]:
-        _check_meta(self.cfg.meta)
-        _single_process()
-        with RunLock(self.out):
-            self.prepare()
-            start, history = self._restore()
-            _save_config(self.cfg, self.out)
-            for epoch in range(start, self.cfg.meta.epochs):
-                row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
-                check_weights([self.model, self.head], epoch, self.cfg.meta.epochs, self.device, lr_key="meta.lr")
-                history.append(row)
-                self.run_dir.write_metrics(history)
-                self._checkpoint(epoch, history)
-                self.console.print(epoch_line(row, self.cfg.meta.epochs, EPOCH_LINE))
-            return self._finish(history)
+    def __init__(self, cfg: FewShotConfig, console: Console) -> None:
+        self.cfg, self.console = cfg, console
+        self.output, self.epochs = Path(cfg.run.output), cfg.meta.epochs
+        self.checkpoint_every_steps, self.trackers = cfg.run.checkpoint_every_steps, cfg.run.log
+        self.epoch_line = EPOCH_LINE
 
     def prepare(self) -> None:
         cfg, m = self.cfg, self.cfg.meta
-        self.device, _ = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
+        self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
         self.source = _split(cfg.data, cfg.data.train_split, train=True)
         self.by_class = {int(c): np.flatnonzero(self.source.labels == c) for c in np.unique(self.source.labels)}
         self.layout = EpisodeLayout(m.episodes_per_batch, m.n_way, m.k_shot, m.n_query)
@@ -154,81 +133,81 @@ class MetaTrainer:
         # Meta-Baseline's optimizer: plain SGD over every parameter, the cosine scale included.
         self.optimizer = torch.optim.SGD(list(self.model.parameters()) + list(self.head.parameters()), lr=m.lr,
                                          momentum=m.momentum, weight_decay=m.weight_decay)
+        self.labels = self.layout.query_labels(self.device)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        m, layout = self.cfg.meta, self.layout
-        batches = epoch_batches(self.by_class, layout, m.batches_per_epoch, self.cfg.run.seed, epoch)
-        labels = layout.query_labels(self.device)
+    def save_config(self, directory: Path) -> None:
+        _save_config(self.cfg, directory)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model, self.head]
+
+    def epoch(self, epoch: int, start_step: int) -> Epoch:
+        batches = epoch_batches(self.by_class, self.layout, self.cfg.meta.batches_per_epoch, self.cfg.run.seed, epoch)
         self.model.train()
-        sums = np.zeros(7)  # loss gt kd align weight correct agree
-        start = time.perf_counter()
-        with _progress(self.console) as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{m.epochs}", total=len(batches))
-            for step, b in enumerate(_fixed_views(self.source, self.specs, batches, layout.images, self.device,
-                                                  self.cfg.run.num_threads)):
-                support, query = layout.split(embed(self.model, b.inputs[0]))
-                zs = self.head(support, query, layout.n_way, layout.k_shot)
-                zt = None
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        ts, tq = layout.split(embed(self.teacher, b.inputs[1]))
-                        zt = TEACHER_SCALE * episode_logits(ts, tq, layout.n_way, layout.k_shot)
-                out = self.objective(zs, zt, labels, epoch=epoch, epochs=m.epochs)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                self.optimizer.step()
-                loss = out.total.item()  # the metrics below sync every step anyway
-                check_step(loss, None, epoch, m.epochs, step, len(batches), self.device, lr_key="meta.lr")
-                pred = zs.detach().argmax(1)
-                sums += [loss, out.terms["gt"].item(), float(out.terms.get("kd", torch.zeros(())).item()),
-                         float(out.terms.get("align", torch.zeros(())).item()),
-                         0.0 if out.sample_weight is None else out.sample_weight.mean().item(),
-                         (pred == labels).float().mean().item(),
-                         0.0 if zt is None else (pred == zt.argmax(1)).float().mean().item()]
-                bar.advance(task)
-        elapsed = time.perf_counter() - start
-        s = sums / len(batches)
-        row = {"epoch": epoch, "loss": s[0], "gt": s[1], "train_acc": s[5], "scale": float(self.head.scale.item()),
-               "episodes_per_s": len(batches) * layout.episodes / elapsed, "epoch_s": elapsed}
+        return Epoch(len(batches), _fixed_views(self.source, self.specs, batches[start_step:], self.layout.images,
+                                                self.device, self.cfg.run.num_threads))
+
+    def train_step(self, b: Any, epoch: int, step: int) -> StepOut:
+        """One step over a batch of episodes; each metric is a per-step mean, averaged over the epoch's steps."""
+        layout, labels = self.layout, self.labels
+        support, query = layout.split(embed(self.model, b.inputs[0]))
+        zs = self.head(support, query, layout.n_way, layout.k_shot)
+        zt = None
         if self.teacher is not None:
-            row.update(kd=s[2], train_agreement=s[6])
+            with torch.no_grad():
+                ts, tq = layout.split(embed(self.teacher, b.inputs[1]))
+                zt = TEACHER_SCALE * episode_logits(ts, tq, layout.n_way, layout.k_shot)
+        out = self.objective(zs, zt, labels, epoch=epoch, epochs=self.epochs)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        self.optimizer.step()
+        loss = out.total.item()  # the metrics below sync every step anyway
+        pred = zs.detach().argmax(1)
+        metrics: dict[str, tuple[Any, float]] = {name: (term.item(), 1) for name, term in out.terms.items()}
+        metrics.update(loss=(loss, 1), train_acc=((pred == labels).float().mean().item(), 1))
+        if zt is not None:
+            metrics["train_agreement"] = ((pred == zt.argmax(1)).float().mean().item(), 1)
+        if out.sample_weight is not None:
+            metrics["weight_mean"] = (out.sample_weight.mean().item(), 1)
+        return StepOut(loss, metrics)
+
+    def epoch_row(self, epoch: int, means: dict[str, Any], elapsed: float) -> dict[str, Any]:
+        m = self.cfg.meta
+        row = {"epoch": epoch, "loss": means["loss"], "gt": means["gt"], "train_acc": means["train_acc"],
+               "scale": float(self.head.scale.item()),
+               "episodes_per_s": m.batches_per_epoch * m.episodes_per_batch / elapsed, "epoch_s": elapsed}
+        if self.teacher is not None:
+            row.update(kd=means["kd"], train_agreement=means["train_agreement"])
         if self.objective.sample_weight is not None:
-            row.update(align=s[3], weight_mean=s[4])
+            row.update(align=means["align"], weight_mean=means["weight_mean"])
         return row
 
-    def _restore(self) -> tuple[int, list[dict[str, float]]]:
-        if not self.run_dir.check_start(self.run_dir.state_path.exists()):
-            return 0, []
-        state, start, history = self.run_dir.load_epoch_state()
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any], origin: Path) -> None:
         try:
-            load_state_strict(self.model, state["model"], str(self.run_dir.state_path))
-            load_state_strict(self.head, state["head"], str(self.run_dir.state_path))
+            load_state_strict(self.model, state["model"], str(origin))
+            load_state_strict(self.head, state["head"], str(origin))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        return start, history
 
-    def _checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        self.run_dir.save_epoch_state(epoch, {
-            "model": self.model.state_dict(), "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, history)
-
-    def _finish(self, history: list[dict[str, float]]) -> dict[str, Any]:
+    def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         m, last = self.cfg.meta, history[-1]
         scale = float(self.head.scale.item())
         meta = dict(self.meta, dataset=dataset_record(self.source), stage="meta", cosine_scale=scale,
                     encoder_init={"checkpoint": str(self.cfg.encoder.checkpoint), "sha256": self.encoder_sha})
-        save_model(self.model, self.out, meta)
-        result: dict[str, Any] = {
+        save_model(self.model, self.output, meta)
+        return {
             "role": "meta", "objective": m.objective, "model": self.meta["model"], "epochs": m.epochs,
             "episodes": m.epochs * m.batches_per_epoch * m.episodes_per_batch, "n_way": m.n_way, "k_shot": m.k_shot,
             "n_query": m.n_query, "train_acc": last["train_acc"], "train_agreement": last.get("train_agreement"),
             "cosine_scale": scale, "encoder_sha256": self.encoder_sha, "teacher_sha256": self.teacher_sha,
             "train_samples": len(self.source), "train_classes": self.source.num_classes,
         }
-        self.run_dir.write_result(result)
-        return result
 
 
 EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("scale", "scale {:.2f}"),
@@ -247,4 +226,7 @@ def meta_train(cfg: FewShotConfig, resume: bool = False, console: Console | None
     checkpoint (``--resume`` continues to the same result); the end writes ``model.safetensors``
     + ``model.json`` (loadable by :func:`evaluate` and ``load_model``) and ``result.json``.
     """
-    return MetaTrainer(cfg, resume, console or Console(stderr=True)).run()
+    _check_meta(cfg.meta)
+    _single_process()
+    console = console or stderr_console()
+    return RunLoop(MetaTrainer(cfg, console), resume, console).run()
