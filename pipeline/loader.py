@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.sources.base import Source
-from pipeline.views import InputSpec, StudentAugment, ViewPolicy, pixel_boxes, replay
+from pipeline.timm_augment import StudentAugment
+from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, replay
 
 class ViewReplayer:
     """Turns ``(images, params [B,5])`` into normalized float tensors ``[B,C,h,w]``, one per :class:`InputSpec`.
@@ -112,6 +113,49 @@ def shard_batches(order: np.ndarray, global_batch: int, rank: int, world: int,
         else:  # evaluation: spread a short last batch as evenly as possible
             batches.append(np.array_split(gb, world)[rank])
     return [b for b in batches if len(b)]
+
+
+def chunked_shard_order(num_samples: int, chunk_samples: int, epoch: int, seed: int, rank: int, world: int,
+                        window_chunks: int = 0) -> np.ndarray:
+    """This rank's sample order for an epoch in which each rank reads only ~1/world of the store's chunks.
+
+    An opt-in alternative to ``epoch_order`` + ``shard_batches`` (FFCV's "quasi-random" order): the
+    chunks (blocks of ``chunk_samples`` consecutive samples, as the store holds them) are permuted
+    from ``(seed, epoch)``, identically on every rank; the samples of the permuted chunks are cut
+    into ``world`` equal contiguous parts, rank ``r`` taking part ``r`` (so it touches at most
+    ``ceil(num_samples / (world * chunk_samples)) + 1`` chunks; the last ``num_samples % world``
+    samples are left out this epoch); its samples are then shuffled within windows of
+    ``window_chunks`` chunks (0: all of them, which costs nothing more when the rank holds its whole
+    shard, as ``ShardReader`` does). A W-rank run then no longer sees the batches of a one-process run,
+    and a rank's batches come from the chunks it holds: samples stored in class order (an
+    ImageFolder) give each rank a few classes per chunk, so write such a store in shuffled order
+    or keep the default global order. Indices are sample indices; they line up with store chunks
+    when the training part is the whole store (no validation hold-out).
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    cs = max(1, chunk_samples)
+    blocks = np.random.default_rng([seed, epoch, 0x43484B]).permutation(-(-num_samples // cs))
+    ordered = (blocks[:, None] * cs + np.arange(cs)).reshape(-1)
+    ordered = ordered[ordered < num_samples]
+    per_rank = num_samples // world
+    mine = ordered[rank * per_rank:(rank + 1) * per_rank].astype(np.int64)
+    rng = np.random.default_rng([seed, epoch, rank, 0x57494E])
+    window = len(mine) if window_chunks <= 0 else window_chunks * cs
+    for start in range(0, len(mine), max(1, window)):
+        rng.shuffle(mine[start:start + window])
+    return mine
+
+
+def chunked_shard_batches(num_samples: int, chunk_samples: int, global_batch: int, epoch: int, seed: int,
+                          rank: int, world: int, window_chunks: int = 0) -> list[np.ndarray]:
+    """``chunked_shard_order`` cut into this rank's batches of ``global_batch / world``; every rank gets
+    ``num_samples // global_batch`` batches, as ``shard_batches(..., drop_last=True)`` gives."""
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} is not divisible by the world size {world}")
+    local = global_batch // world
+    rows = chunked_shard_order(num_samples, chunk_samples, epoch, seed, rank, world, window_chunks)
+    return [rows[i * local:(i + 1) * local] for i in range(num_samples // global_batch)]
 
 
 @dataclass

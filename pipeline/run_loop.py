@@ -147,6 +147,9 @@ class Task:
         """Save the model files (main process) and return the run's result."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release background work (readers); called when the run ends, however it ends."""
+
 
 def progress(console: Console) -> Progress:
     """A transient progress bar, shown only on a terminal."""
@@ -166,31 +169,38 @@ class RunLoop:
     def run(self) -> dict[str, Any]:
         task = self.task
         with main_lock(task.output):
-            task.prepare()
-            main = task.dist.is_main
-            self.run_dir.is_main = main
-            start, history = self._restore()
-            if main:
-                task.save_config(task.output)
-            trackers = Trackers(task.output, task.trackers, enabled=main)
             try:
-                for epoch in range(start, task.epochs):
-                    row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
-                    check_weights(task.modules(), epoch, task.epochs, task.device, task.dist, lr_key=task.lr_key)
-                    row.update(task.evaluate())
-                    history.append(row)
-                    if main:
-                        self.run_dir.write_metrics(history, task.csv_keys)
-                        self.run_dir.save_epoch_state(epoch, task.state_dict(), history)
-                        self.step_path.unlink(missing_ok=True)  # superseded
-                        trackers.log(row)
-                        self.console.print(epoch_line(row, task.epochs, task.epoch_line))
+                return self._run()
             finally:
-                trackers.close()
-            result = task.finish(history)
-            if main:
-                self.run_dir.write_result(result)
-            return result
+                task.close()
+
+    def _run(self) -> dict[str, Any]:
+        task = self.task
+        task.prepare()
+        main = task.dist.is_main
+        self.run_dir.is_main = main
+        start, history = self._restore()
+        if main:
+            task.save_config(task.output)
+        trackers = Trackers(task.output, task.trackers, enabled=main)
+        try:
+            for epoch in range(start, task.epochs):
+                row = self.train_epoch(epoch)  # stops at a non-finite loss, before this epoch's checkpoint
+                check_weights(task.modules(), epoch, task.epochs, task.device, task.dist, lr_key=task.lr_key)
+                row.update(task.evaluate())
+                history.append(row)
+                if main:
+                    self.run_dir.write_metrics(history, task.csv_keys)
+                    self.run_dir.save_epoch_state(epoch, task.state_dict(), history)
+                    self.step_path.unlink(missing_ok=True)  # superseded
+                    trackers.log(row)
+                    self.console.print(epoch_line(row, task.epochs, task.epoch_line))
+        finally:
+            trackers.close()
+        result = task.finish(history)
+        if main:
+            self.run_dir.write_result(result)
+        return result
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch's steps (from a step checkpoint's position when resuming) and its metrics row."""

@@ -6,7 +6,8 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.mixing import MixConfig
 from pipeline.sources.base import Source
-from pipeline.views import InputSpec, StudentAugment, ViewPolicy
+from pipeline.timm_augment import StudentAugment
+from pipeline.views import InputSpec, ViewPolicy
 
 
 SAMPLING_MODES = ("auto", "cycle", "fresh")

@@ -9,33 +9,28 @@ files, and every epoch ends with an evaluation on the test split's fixed view.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import random
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from pipeline.accuracy import accuracy, fixed_view_replayer, predictions
 from pipeline.checkpoint import CheckpointError, load_state_strict, save_model, unwrap
 from pipeline.config import Config, save_config
-from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches, stream
-from pipeline.mixing import batch_rng, draw, mix_images, mix_targets, mix_teacher_logits
 from pipeline.objectives import Objective, build_objective
-from pipeline.run_loop import Epoch, RunLoop, StepOut, Task
+from pipeline.run_loop import RunLoop, StepOut, Task
 from pipeline.runtime import RunError, setup, stderr_console
 from pipeline.sel_cl.selected import keep_selected
 from pipeline.sources.registry import Splits, load_run_splits
-from pipeline.specs import (dataset_record, fresh_views, input_spec, mix_config, student_augment, teacher_spec)
+from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec
+from pipeline.student_data import StudentData
+from pipeline.student_step import StudentStep
 from pipeline.teacher import open_teacher
-from pipeline.train_setup import AMP_MODES, build_model, build_optimizer
-from pipeline.views import sample_params
+from pipeline.train_setup import build_model, build_optimizer
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
@@ -43,15 +38,16 @@ METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train
 WEIGHT_BIN_COUNT = 10  # histogram bins over an objective's ``weight_range`` (AdaptConf's beta: [0, 0.5])
 EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("test_acc", "test {:.4f}"),
               ("weight_mean", "weight {:.3f}"), ("test_agreement", "agree {:.4f}"), ("images_per_s", "{:.0f} img/s"))
-ParamsFn = Callable[[np.ndarray], np.ndarray]
 
 
-class Trainer(Task):
+class Trainer(StudentData, StudentStep, Task):
     """One supervised or student run; see the module docstring.
 
-    The benchmarks drive its public steps one by one: ``prepare()`` (data, teacher, model,
-    optimizer, replayers), ``epoch_sources(e)`` (the epoch's view params and cached logits),
-    ``make_train_replayer(e)`` and ``train_step(batch, e, s)`` (one optimizer step and its metrics).
+    The data side (order, views, store shard) is :class:`~pipeline.student_data.StudentData`, the
+    step's maths :class:`~pipeline.student_step.StudentStep`. The benchmarks drive its public steps
+    one by one: ``prepare()`` (data, teacher, model, optimizer, replayers), ``epoch_sources(e)``
+    (the epoch's view params and cached logits), ``make_train_replayer(e)`` and
+    ``train_step(batch, e, s)`` (one optimizer step and its metrics).
     """
 
     csv_keys = METRIC_KEYS
@@ -101,6 +97,7 @@ class Trainer(Task):
             self.specs.append(teacher_spec(self.train_src, self.teacher.meta or {}))
         self.eval_replayer = fixed_view_replayer(self.test_src, self.student_spec, cfg.optim.eval_batch_size,
                                                  self.policy, cfg.run.device, cfg.run.num_threads)
+        self.shard_reader = self._shard_reader()
         self.train_replayer = self.make_train_replayer(0)
         self.erasing = None
         if cfg.augment.random_erasing > 0:
@@ -123,22 +120,6 @@ class Trainer(Task):
     def modules(self) -> list[nn.Module]:
         return [self.model]
 
-    def _rows(self, array: np.ndarray) -> np.ndarray:
-        """A store array (over the whole training selection) restricted to this run's training part."""
-        return array if self.store_rows is None else array[self.store_rows]
-
-    def _fresh_views(self) -> bool:
-        """Whether epochs draw new views; with a store that needs a view per epoch (``K >= epochs``)."""
-        store = self.teacher.store if self.teacher else None
-        try:
-            fresh = fresh_views(self.cfg, reads_store=store is not None)
-        except ValueError as exc:
-            raise RunError(str(exc)) from exc
-        if fresh and store is not None and self.policy.kind != "none" and self.policy.num_views < self.epochs:
-            raise RunError(f"views.sampling is fresh but the store holds {self.policy.num_views} augmented views "
-                           f"for {self.epochs} epochs; write a store with views.num_views >= {self.epochs} or use cycle")
-        return fresh
-
     def _objective(self) -> Objective:
         ob = self.cfg.objective
         objective = build_objective(ob.name, **{k: v for k, v in dataclasses.asdict(ob).items() if k != "name"})
@@ -146,47 +127,7 @@ class Trainer(Task):
             raise RunError(f"train-teacher learns the ground truth alone, but objective.name {ob.name!r} needs a teacher")
         return objective
 
-    def make_train_replayer(self, epoch: int) -> ViewReplayer:
-        """The training pipeline; with DALI-side augmentation it is rebuilt per epoch from (seed, epoch, rank)."""
-        seed = int(np.random.default_rng([self.cfg.run.seed, epoch, self.dist.rank]).integers(2**31))
-        return ViewReplayer(self.train_src.image_hw, self.specs, self.local_batch,
-                            crop_size_for(self.policy, self.train_src), self.cfg.run.device, self.cfg.run.num_threads,
-                            decode=self.train_src.encoded, augment=self.augment, seed=seed)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = AMP_MODES[self.cfg.run.amp]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-
     # -- an epoch ----------------------------------------------------------------------------
-    def epoch_sources(self, epoch: int) -> tuple[ParamsFn, ParamsFn | None]:
-        """Where this epoch's view params and teacher logits come from."""
-        policy = self.policy.fresh(self.epochs) if self.fresh else self.policy
-        view = policy.epoch_view(epoch, self.cfg.views.augmented)
-        t = self.teacher
-        if t is not None and t.mode == "store":
-            assert t.store is not None
-            logits_all, params_all = (self._rows(a) for a in t.store.read_view(view, verify=True))
-            return (lambda idx: params_all[idx]), (lambda idx: logits_all[idx])
-        src = self.train_src
-        return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
-
-    def epoch(self, epoch: int, start_step: int) -> Epoch:
-        if epoch > 0 and self.augment.active:
-            self.train_replayer = self.make_train_replayer(epoch)
-        random.seed(hash((self.cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`
-        start = time.perf_counter()
-        params_of, logits_of = self.epoch_sources(epoch)
-        self.read_s = time.perf_counter() - start
-        order = epoch_order(len(self.train_src), epoch, self.cfg.run.seed, shuffle=True)
-        batches = shard_batches(order, self.global_batch, self.dist.rank, self.dist.world, drop_last=True)
-        self.model.train()
-        if start_step and self.augment.active:  # DALI's random operators: replay the done batches to advance them
-            for _ in stream(self.train_src, batches[:start_step], self.train_replayer, params_of, logits_of,
-                            self.labels):
-                pass
-        return Epoch(len(batches), stream(self.train_src, batches[start_step:], self.train_replayer, params_of,
-                                          logits_of, self.labels))
-
     def train_step(self, b: Any, epoch: int, step: int) -> StepOut:
         """One optimizer step, the per-update schedule, and the step's named metric sums."""
         out, zs, zt = self.optimizer_step(b, epoch, step)
@@ -206,63 +147,6 @@ class Trainer(Task):
                 counts = np.histogram(out.sample_weight.detach().float().cpu().numpy(), bins=bins)[0]
                 metrics["weight_hist"] = (counts.astype(np.float64), n)
         return StepOut(loss, metrics)
-
-    def optimizer_step(self, b: Any, epoch: int, step: int) -> tuple[Any, Tensor, Tensor | None]:
-        """Mix, teacher logits, forward, objective, backward, step: (objective output, student and teacher logits)."""
-        cfg, t = self.cfg, self.teacher
-        x = b.inputs[0].contiguous(memory_format=self.memory_format)
-        x_t = b.inputs[1] if len(b.inputs) > 1 else None
-        zt = b.teacher_logits
-        target: Tensor = b.labels
-        mix = draw(self.mix, batch_rng(cfg.run.seed, epoch, step)) if self.mix.active else None
-        lam = 1.0
-        # timm's RandomErasing erases each sample of a batch independently (python `random`, reseeded per
-        # epoch, and the device's torch generator); before mixing as timm's per-sample transform does
-        # (MAE), or after it as timm's train.py does with its prefetcher (augment.erase_before_mix).
-        erase_first = self.erasing is not None and cfg.augment.erase_before_mix
-        if erase_first:
-            x = self.erasing(x)
-        if mix is not None:
-            x, lam = mix_images(x, mix)
-            if x_t is not None:
-                x_t, _ = mix_images(x_t, mix)
-            elif zt is not None:
-                zt = mix_teacher_logits(zt, lam, self.objective.kd_temperature)
-        if mix is not None or self.mix.label_smoothing > 0:
-            target = mix_targets(b.labels, self.train_src.num_classes, lam, self.mix.label_smoothing)
-        correct_from = cfg.noisy.label_correction_from
-        if correct_from is not None and epoch >= correct_from:
-            target = self._corrected_target(b, lam if mix is not None else 1.0)
-        if self.erasing is not None and not erase_first:
-            x = self.erasing(x)
-        if t is not None and t.mode == "online":
-            assert t.model is not None and x_t is not None
-            with torch.no_grad(), self._autocast():
-                zt = t.model(x_t).float()
-        with self._autocast():
-            zs = self.net(x)
-        out = self.objective(zs.float(), zt, target, epoch=epoch, epochs=self.epochs)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return out, zs, zt
-
-    def _corrected_target(self, b: Any, lam: float) -> Tensor:
-        """Sel-CL+'s bootstrapped target ``(1 - B) onehot(y) + B onehot(argmax f(x_clean))``, mixed as the images.
-
-        ``f`` runs in training mode on the un-augmented view, without gradient (as upstream, so its
-        batch-norm statistics move too).
-        """
-        assert self.clean_replayer is not None
-        src, idx = self.train_src, b.indices
-        sizes = src.sizes_of(idx)
-        x = self.clean_replayer(src.read(idx), sample_params(self.policy, idx, 0, sizes), sizes if src.encoded else None)[0]
-        with torch.no_grad(), self._autocast():
-            pred = self.net(x.contiguous(memory_format=self.memory_format)).argmax(1)
-        c, boot = src.num_classes, self.cfg.noisy.bootstrap
-        y = (1 - boot) * F.one_hot(b.labels.long(), c).float() + boot * F.one_hot(pred, c).float()
-        return y * lam + y.flip(0) * (1 - lam)
 
     def epoch_row(self, epoch: int, means: dict[str, Any], elapsed: float) -> dict[str, Any]:
         t = self.teacher

@@ -13,6 +13,10 @@ Layout (docs/design.md, "The store"):
   interrupted run resume chunk by chunk and lets ``verify`` find corrupt chunks.
 - ``manifest.parquet`` (index, label) and ``teacher_accuracy.parquet`` (per view) beside the arrays.
 
+Stage 2 reads a whole view (:meth:`SoftLabelStore.read_view`) or only the rows one rank consumes
+(:meth:`SoftLabelStore.read_rows` / :meth:`SoftLabelStore.iter_rows`: only the chunks holding them
+are decoded and checked, one at a time; ``pipeline/shard_reader.py`` builds on them).
+
 Group attributes hold the schema version, teacher, dataset and view-policy descriptions and
 ``status`` ("partial" until :meth:`SoftLabelStore.finalize`). Only numpy, zarr and pyarrow are
 used here so that other tools can read a store without torch.
@@ -20,8 +24,6 @@ used here so that other tools can read a store without torch.
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -31,49 +33,12 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
-from store.topk import compress, index_dtype, reconstruct
+from store.chunks import ChunkRef, StoreError, _crc
+from store.reads import StoreReads
+from store.topk import compress, index_dtype
 
 SCHEMA_VERSION = 1
 LAYOUTS = ("full", "top_k")
-
-
-class StoreError(ValueError):
-    """A store is missing, partial, corrupt or does not match the run; the message is one line."""
-
-
-@dataclass(frozen=True)
-class ChunkRef:
-    """One unit of stage-1 work and of resume: a block of samples for one view."""
-
-    block: int
-    view: int
-    start: int
-    stop: int
-
-
-def _crc(*arrays: np.ndarray) -> int:
-    value = 0
-    for a in arrays:
-        value = zlib.crc32(np.ascontiguousarray(a).tobytes(), value)
-    return value & 0xFFFFFFFF
-
-
-class TopKLogits:
-    """Lazy ``[N, C]`` logits of one view of a top_k store: rows are reconstructed when indexed."""
-
-    def __init__(self, values: np.ndarray, indices: np.ndarray, tail: np.ndarray, num_classes: int) -> None:
-        self.values, self.indices, self.tail, self.num_classes = values, indices, tail, num_classes
-        self.shape = (len(values), num_classes)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return reconstruct(self.values[idx], self.indices[idx], self.tail[idx], self.num_classes)
-
-    def argmax(self, axis: int = 1) -> np.ndarray:
-        """The hard labels, exact: the first stored index is the top-1 class."""
-        return self.indices[:, 0].astype(np.int64)
 
 
 def _storage_options(path: str) -> dict[str, Any] | None:
@@ -89,7 +54,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-class SoftLabelStore:
+class SoftLabelStore(StoreReads):
     """Open or create with :meth:`create` / :meth:`open`; see the module docstring for the layout."""
 
     def __init__(self, path: str, group: zarr.Group) -> None:
@@ -238,48 +203,6 @@ class SoftLabelStore:
                         "accuracy": np.asarray(view_accuracy, dtype=np.float64)}, f"{self.path}/teacher_accuracy.parquet")
         self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
 
-    def read_view(self, view: int, indices: np.ndarray | None = None,
-                  verify: bool = False) -> tuple[Any, np.ndarray]:
-        """Logits ``[n, C]`` and params ``[n, P]`` float32 of one view (all samples, or ``indices``).
-
-        Full stores give float16 arrays; top_k stores give float32 reconstructions, lazily
-        (a :class:`TopKLogits`) when all samples are asked for. ``verify`` (whole views only)
-        checks every chunk read against its recorded checksum and for non-finite values, so a
-        store damaged after it was written is refused, naming the chunk.
-        """
-        if not 0 <= view < self.num_views:
-            raise StoreError(f"view {view} out of range: the store has {self.num_views} views")
-        g = self.group
-        sel: Any = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
-
-        def get(name: str) -> np.ndarray:
-            arr = g[name]
-            key = (sel, view) + (slice(None),) * (arr.ndim - 2)
-            return arr[key] if indices is None else arr.get_orthogonal_selection(key)
-
-        params = get("view_params")
-        names = ["logits"] if self.layout == "full" else ["topk_values", "topk_indices", "tail_logsumexp"]
-        try:
-            arrays = [get(n) for n in names]
-        except Exception as exc:  # a chunk that no longer decodes
-            raise StoreError(f"store {self.path}: view {view} cannot be read ({type(exc).__name__}: {exc}); "
-                             "run `w2s inspect --verify` to find the damaged chunk") from exc
-        if verify and indices is None:
-            self._verify_view(view, arrays)
-        if self.layout == "full":
-            return arrays[0], params
-        lazy = TopKLogits(arrays[0], arrays[1], arrays[2], self.num_classes)
-        return (lazy if indices is None else lazy[:]), params
-
-    def _verify_view(self, view: int, arrays: list[np.ndarray]) -> None:
-        crc = self.group["chunk_crc"][:, view]
-        for c in self.chunks():
-            if c.view != view:
-                continue
-            rows = [a[c.start:c.stop] for a in arrays]
-            if _crc(*rows) != crc[c.block] or not all(np.isfinite(r).all() for r in rows if r.dtype.kind == "f"):
-                raise StoreError(f"store {self.path}: chunk (block {c.block}, view {view}) samples "
-                                 f"{c.start}..{c.stop - 1} is corrupt (checksum mismatch or non-finite logits)")
 
     def labels(self) -> np.ndarray:
         return self.group["labels"][:]

@@ -25,7 +25,7 @@ from pipeline.mixing import MixConfig, batch_rng, draw, mix_images
 from pipeline.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 from pipeline.specs import student_augment
 from pipeline.train_student import Trainer
-from pipeline.views import (
+from pipeline.timm_augment import (
     AUTO_AUGMENT_ORIGINAL,
     BINS_PER_LEVEL,
     MAX_LEVEL,
@@ -33,17 +33,14 @@ from pipeline.views import (
     RAND_OP_PROB,
     RAND_OPS,
     RAND_OPS_INCREASING,
-    InputSpec,
     StudentAugment,
-    ViewPolicy,
     _TimmOp,
     augment_draws,
     augment_names,
     op_negated,
     op_param_table,
-    pixel_boxes,
-    sample_params,
 )
+from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_OPS = sorted(set(RAND_OPS) | set(RAND_OPS_INCREASING) | set(augment_names(StudentAugment("auto_augment"))))
@@ -319,7 +316,8 @@ def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespa
 
     net = Net()
     cfg = SimpleNamespace(run=SimpleNamespace(seed=0), optim=SimpleNamespace(epochs=1),
-                          augment=SimpleNamespace(erase_before_mix=erase_before_mix))
+                          augment=SimpleNamespace(erase_before_mix=erase_before_mix),
+                          noisy=SimpleNamespace(label_correction_from=None))
     trainer = SimpleNamespace(
         cfg=cfg, teacher=None, memory_format=torch.contiguous_format, mix=MixConfig(mixup=1.0),
         objective=lambda zs, zt, target, epoch, epochs: SimpleNamespace(total=zs.sum()),

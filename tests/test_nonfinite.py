@@ -17,7 +17,8 @@ import yaml
 from safetensors.numpy import load_file
 
 from pipeline.checkpoint import load_state
-from pipeline.config import RULES, Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.config_checks import RULES
 from pipeline.few_shot import FewShotConfig, load_few_shot_config
 from pipeline.nonfinite import MAX_SKIPPED_STEPS, SkippedSteps, check_step
 from pipeline.runtime import RunError

@@ -187,13 +187,15 @@ def _run_cmd(args: list[str], nproc: int) -> list[str]:
             str(ROOT / "cli.py"), *args]
 
 
-@pytest.mark.parametrize("mode,nproc", [("store", 1), ("online", 1), ("store", 2)])
-def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, nproc):
-    """A student (store or online teacher; one process or torchrun x2) killed inside epoch 2 resumes from its
-    step checkpoint and ends with exactly the weights and metrics of an uninterrupted run."""
+@pytest.mark.parametrize("mode,nproc,every", [("store", 1, 3), ("online", 1, 7), ("store", 2, 5), ("online", 2, 11)])
+def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, nproc, every):
+    """A student (store or online teacher; one process or torchrun x2) killed inside epoch 2, at a different
+    point per case, resumes from its step checkpoint and ends with exactly the weights and metrics of an
+    uninterrupted run."""
     out, cfg = base
     args = ["train-student", str(cfg), "--set", f"teacher.mode={mode}", "--set", "optim.epochs=2",
-            "--set", "optim.batch_size=16", "--set", "run.checkpoint_every_steps=3", "--set", "run.deterministic=true",
+            "--set", "optim.batch_size=16", "--set", f"run.checkpoint_every_steps={every}",
+            "--set", "run.deterministic=true",
             "--set", "augment.mixup=0.4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = subprocess.Popen(_run_cmd([*args, "--set", f"run.output={tmp_path / 'ref'}"], nproc), env=env,
@@ -209,6 +211,10 @@ def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, n
         time.sleep(0.002)
     _kill_tree(proc)
     assert not (cut / "result.json").exists()
+    from pipeline.checkpoint import load_state
+
+    done = int(load_state(ckpt / "step.pt")["step"])
+    assert done % every == 0 and 0 < done < 64  # 1024 samples / 16 per step
     if nproc == 2:
         res = _cli(*args, "--set", f"run.output={cut}", "--resume", check=False)
         assert res.returncode != 0 and "written by 2 processes but this run has 1" in " ".join(res.stderr.split())
@@ -221,6 +227,20 @@ def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, n
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert _metrics(tmp_path / "ref") == _metrics(cut)
     assert not (ckpt / "step.pt").exists()  # superseded by the epoch checkpoint
+
+
+def test_chunked_bounded_reads_train_and_two_ranks_share_the_chunks(base, tmp_path):
+    """The opt-in chunked order with bounded read-ahead trains to a finished run; under torchrun x2 it
+    still runs (each rank on its own chunks); with a validation hold-out it is refused in one line."""
+    out, cfg = base
+    opts = ["--set", "teacher.read_order=chunked", "--set", "teacher.read_buffer=bounded", "--set", "optim.epochs=2"]
+    res = _cli("train-student", str(cfg), *opts, "--set", f"run.output={tmp_path / 'one'}")
+    assert json.loads(res.stdout.splitlines()[-1])["epochs"] == 2
+    _torchrun("train-student", str(cfg), *opts, "--set", f"run.output={tmp_path / 'two'}")
+    assert (tmp_path / "two" / "result.json").exists()
+    bad = _cli("train-student", str(cfg), *opts, "--set", "data.val_fraction=0.1", "--set",
+               f"run.output={tmp_path / 'bad'}", check=False)
+    assert bad.returncode == 2 and "read_order chunked needs the whole store" in bad.stderr
 
 
 def test_infer_teacher_resume_after_sigkill(base, tmp_path):
