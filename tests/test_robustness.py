@@ -173,6 +173,22 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
+def _wait_unlocked(run: Path) -> None:
+    """Wait until no process holds the run directory's lock (a killed rank's fd may outlive it briefly)."""
+    import fcntl
+
+    deadline = time.time() + 60
+    while True:
+        with open(run / ".lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.time() < deadline, f"{run} stays locked after the kill"
+        time.sleep(0.05)
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
@@ -210,6 +226,7 @@ def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, n
         assert time.time() < deadline
         time.sleep(0.002)
     _kill_tree(proc)
+    _wait_unlocked(cut)
     assert not (cut / "result.json").exists()
     from pipeline.checkpoint import load_state
 
