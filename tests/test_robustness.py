@@ -301,6 +301,27 @@ def test_corrupt_chunk_found_by_inspect_and_refused_for_training(base, tmp_path)
     assert res.returncode == 2 and "view 1" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_corrupt_chunk_found_by_the_read_ahead_stops_before_its_epoch(base, tmp_path):
+    """Epoch 2 replays view 2, read in the background during epoch 1: its corrupt chunk stops the run with
+    the one-line error before epoch 2 starts (epoch 1's checkpoint kept), not with a hang."""
+    out, cfg = base
+    store = tmp_path / "store"
+    _cli("infer-teacher", str(cfg), "--set", f"teacher.store={store}")
+    chunk = store / "logits" / "c" / "3" / "2" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x5A
+    chunk.write_bytes(bytes(raw))
+    run = tmp_path / "r"
+    start = time.time()
+    res = _cli("train-student", str(cfg), "--set", f"teacher.store={store}", "--set", "optim.epochs=2",
+               "--set", f"run.output={run}", check=False)
+    assert res.returncode == 2 and "block 3, view 2" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 or "error:" in res.stderr.strip().splitlines()[-1]
+    assert time.time() - start < 300
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert not (run / "result.json").exists()
+
+
 def test_non_finite_logits_refused(base, tmp_path):
     out, cfg = base
     store = tmp_path / "store"
