@@ -107,10 +107,10 @@ class StudentData:
 
     def epoch_sources(self, epoch: int) -> tuple[ParamsFn, ParamsFn | None]:
         """Where this epoch's view params and teacher logits come from (in store mode: this rank's shard)."""
-        policy, view = self._epoch_view(epoch)
         if self.shard_reader is not None:
             shard = self.shard_reader.get(epoch)
             return shard.params_of, shard.logits_of
+        policy, view = self._epoch_view(epoch)
         src = self.train_src
         return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
 

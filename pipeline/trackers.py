@@ -16,7 +16,6 @@ from typing import Any, Iterator, Sequence
 from pipeline.runtime import RunError
 
 TRACKERS = ("tensorboard", "wandb")
-_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -24,9 +23,8 @@ def check_trackers(names: Sequence[str]) -> None:
     for name in names:
         if name not in TRACKERS:
             raise RunError(f"run.log: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
-        if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise RunError(f"run.log asks for {name} but the {_PACKAGES[name]} package is not installed "
-                           f"(pip install {_PACKAGES[name]})")
+        if importlib.util.find_spec(name) is None:  # each tracker's package has its name
+            raise RunError(f"run.log asks for {name} but the {name} package is not installed (pip install {name})")
 
 
 def scalars(row: dict[str, Any]) -> Iterator[tuple[str, float]]:

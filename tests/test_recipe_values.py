@@ -208,6 +208,9 @@ def _sel_cl_rows() -> list[tuple[str, str, Any, str]]:
                      (f, "sel_cl.sim_grad_clip", 0.25, "noisy_labels_learning/utils_sel/utils_noise.py"),
                      (f, "sel_cl.sup_queue_begin", 3, SEL_PT), (f, "sel_cl.warmup_epochs", 1, SEL_PT),
                      (f, "sel_cl.lr_warmup_epochs", 5, SEL_PT), (f, "sel_cl.lr_warmup_multiplier", 100.0, SEL_PT),
+                     (f, "sel_cl.exclude_self", False, "noisy_labels_learning/utils_sel/utils_noise.py pair_selection"),
+                     (f, "sel_cl.crop_scale", 0.08, f"{SEL_PT} RandomResizedCrop (torchvision default scale)"),
+                     (f, "sel_cl.select_batch_size", 100, "noisy_labels_learning/utils_sel/utils_noise.py"),
                      (f, "model.name", "preact_resnet18" if net == "pr18" else "preact_resnet34", SEL_KD)]
             plus = [f"configs/noisy/sel_cl/{setting}_{net}_selcl_plus.yaml"]
             if net == "pr34" and temp is not None:
