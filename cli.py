@@ -101,12 +101,14 @@ def sel_cl(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
 
 
 @app.command("infer-teacher")
-def infer_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt) -> None:
+def infer_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+                  repair: bool = typer.Option(False, "--repair", help="verify every chunk and recompute the failing ones")
+                  ) -> None:
     """Stage 1: cache the teacher's logits over the fixed and augmented views (resumes by itself)."""
     def go() -> None:
         from pipeline.infer_teacher import infer
 
-        typer.echo(json.dumps(infer(_load(config, set_), console=console)))
+        typer.echo(json.dumps(infer(_load(config, set_), console=console, repair=repair)))
     _guard(go)
 
 

@@ -64,7 +64,7 @@ import zarr  # noqa: E402
 from store.soft_label_store import SoftLabelStore  # noqa: E402
 
 IMAGENET_SAMPLES = 1_281_167
-PARAM_DIM = 5
+PARAM_DIM = 6  # pipeline.views.PARAM_DIM (y0, x0, h, w, flip, bicubic); not imported: this bench needs no DALI
 GIB = 1 << 30
 ORDERS = ("random", "chunked")
 

@@ -27,6 +27,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the model; the message is one line."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path = Path(path)
@@ -35,6 +41,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode any other tool would give it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -111,4 +118,11 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A run-state checkpoint (tensors and plain data only); CheckpointError in one line if it cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, OSError for a damaged file
+        raise CheckpointError(f"{path} is damaged or truncated ({type(exc).__name__})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a run checkpoint (a {type(state).__name__}, not a mapping)")
+    return state

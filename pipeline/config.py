@@ -62,6 +62,8 @@ class ViewsConfig:
     ``fresh`` (epoch e draws new params, view ``1 + e`` of the policy: a pure function of seed,
     epoch and sample, like a dataloader's random transform, so resume stays exact) or ``auto``:
     fresh for runs that read no store (supervised runs, online teacher), cycle when replaying a store.
+    ``interpolation`` resizes the augmented views (bilinear, bicubic, or random: either, per view, as
+    timm's ``--train-interpolation random``), ``eval_interpolation`` the fixed view (bilinear or bicubic).
     """
 
     kind: str = "pad_crop"
@@ -74,6 +76,8 @@ class ViewsConfig:
     seed: int | None = None
     sampling: str = "auto"
     augmented: bool = True
+    interpolation: str = "bilinear"
+    eval_interpolation: str = "bilinear"
 
 
 @dataclass
@@ -109,7 +113,12 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    """The trained model: a timm name (CIFAR zoo and small models are registered in timm)."""
+    """The trained model: a timm name (CIFAR zoo and small models are registered in timm).
+
+    ``bn_batch`` (0 = off: BN over each process's whole batch): training-mode BatchNorm statistics over
+    consecutive chunks of this many images of each process's batch, i.e. ``nn.DataParallel``'s per-GPU
+    BN on one device (``pipeline.few_shot.ghost_bn``; the paper's few-shot classifier stage: 32).
+    """
 
     name: str = "fmnist_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +128,7 @@ class ModelConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     input_size: int | None = None
+    bn_batch: int = 0
 
 
 @dataclass
@@ -128,7 +138,10 @@ class TeacherConfig:
     ``checkpoint`` is a ``w2s train-teacher`` run directory (or its model.safetensors); with ``model``
     set (a timm name) it is an external timm-style ``.pth``/``.safetensors`` file instead.
     ``layout``: full (float16 logits) or top_k (``top_k`` logits + indices + tail mass; docs/store.md).
+    ``dtype``: the stored logits' dtype, float16 or float32 (full layout only; for logits beyond 65504).
     ``read_order`` / ``read_buffer``: how stage 2 reads a rank's shard of the store (``pipeline/shard_reader.py``).
+    ``input``: the normalization and size the teacher is fed: ``own`` (its model.json / timm ``pretrained_cfg``)
+    or ``student`` (the student's, as the paper's train.py feeds one batch to both models).
     """
 
     checkpoint: str | None = None
@@ -136,11 +149,13 @@ class TeacherConfig:
     mode: str = "store"
     store: str | None = None
     layout: str = "full"
+    dtype: str = "float16"
     top_k: int = 0
     batch_size: int = 512
     chunk_samples: int = 4096
     read_order: str = "global"
     read_buffer: str = "double"
+    input: str = "own"
 
 
 def _objective_fields() -> list[tuple[str, Any, Any]]:
@@ -162,14 +177,20 @@ ObjectiveConfig = dataclasses.make_dataclass("ObjectiveConfig", _objective_field
 
 @dataclass
 class OptimConfig:
-    """Optimizer (timm ``create_optimizer_v2``) and cosine-with-warm-up schedule.
+    """Optimizer (timm ``create_optimizer_v2``) and its warm-up + cosine / multistep schedule.
 
     ``batch_size`` is the global batch the recipe's ``lr`` belongs to. With ``batch_per_process``
     set, the global batch becomes ``batch_per_process * world_size`` and the lr follows the linear
     scaling rule ``lr * global_batch / batch_size`` (and ``min_lr`` likewise).
-    ``layer_decay`` (0 = off) is timm's layer-wise lr decay for ViTs. ``schedule``: cosine (to
-    ``min_lr``) or multistep (lr x ``decay_rate`` at each epoch in ``milestones``), both after
-    ``warmup_epochs`` of linear warm-up, stepped every iteration.
+    ``layer_decay`` (0 = off) is timm's layer-wise lr decay for ViTs. ``filter_bias_and_bn`` (timm's
+    name): no weight decay on biases and norm weights (timm's default); false decays every parameter,
+    as plain ``torch.optim.SGD(model.parameters())`` does (Sel-CL+, the few-shot classifier).
+    The schedule is timm 0.6.12's ``create_scheduler`` as the paper's ``classification/train.py``
+    uses it: a linear warm-up from ``warmup_lr`` to ``lr`` over the first ``warmup_epochs`` *inside*
+    the schedule, then ``schedule`` cosine (to ``min_lr`` at ``epochs``) or multistep (lr x
+    ``decay_rate`` from each epoch in ``milestones`` on, as ``torch.optim.lr_scheduler.MultiStepLR``),
+    stepped once per epoch. ``sched_on_updates`` steps the same curve every update instead (fractional
+    ``warmup_epochs`` and milestones then allowed).
     """
 
     name: str = "sgd"
@@ -177,12 +198,15 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    filter_bias_and_bn: bool = True
     epochs: int = 10
     warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-4
     min_lr: float = 0.0
     schedule: str = "cosine"
     milestones: list[float] = field(default_factory=list)
     decay_rate: float = 0.1
+    sched_on_updates: bool = False
     layer_decay: float = 0.0
     batch_size: int = 128
     batch_per_process: int = 0
@@ -305,7 +329,13 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({' '.join(str(exc).split())[:120]})") from exc
+    if "#" in raw and "#" not in yaml.safe_dump(value):
+        raise ConfigError(f"--set {key}: the '#' in {raw!r} starts a YAML comment and would be dropped; quote the value "
+                          f"({key}='\"{raw.strip()}\"') or remove it")
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -315,19 +345,63 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}, first on line "
+                    f"{seen[key] + 1}): keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+BASE_KEY = "_base_"
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, any other value replaces the base's."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, over the file its ``_base_`` names (a path relative to it, mmengine's convention).
+
+    A variant is then a few lines on its base: ``_base_: res56_res20_adaptconf.yaml`` and the keys it changes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found" + (f" (the _base_ of {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise ConfigError(f"{p}: _base_ chain loops back to a file it came from ({' -> '.join(map(str, chain))})")
+    try:
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"{p}: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: {BASE_KEY} must be one file path, got {base!r}")
+    return _merge(read_config_file(p.parent / base, chain + (p.resolve(),)), data)
+
+
 def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[str] | None) -> Any:
-    """Fill the dataclass ``cfg`` from a YAML file, then each ``key=value`` override, strictly; then :func:`validate` it."""
+    """Fill the dataclass ``cfg`` from a YAML file (and its ``_base_``), then each ``key=value`` override, strictly;
+    then :func:`validate` it."""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        _apply(cfg, data, "")
+        _apply(cfg, read_config_file(path), "")
     for text in overrides or []:
         _apply(cfg, parse_override(text), "")
     return validate(cfg)
@@ -336,7 +410,3 @@ def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file, then each ``key=value`` override in order."""
     return apply_file_and_overrides(Config(), path, overrides)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

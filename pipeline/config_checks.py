@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.objectives import OBJECTIVES, check_param, objective_params
@@ -64,12 +65,13 @@ RULES: dict[str, Check] = {
     "augment.mixup": _at_least(0), "augment.cutmix": _at_least(0), "augment.mix_prob": _within(0, 1),
     "augment.switch_prob": _within(0, 1), "augment.label_smoothing": _within(0, 1, hi_open=True),
     # model
-    "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1),
+    "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1), "model.bn_batch": _at_least(0),
     # teacher
     "teacher.top_k": _at_least(0), "teacher.batch_size": _at_least(1), "teacher.chunk_samples": _at_least(1),
     # optim
     "optim.lr": _above(0), "optim.momentum": _within(0, 1, hi_open=True), "optim.weight_decay": _at_least(0),
     "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0),
+    "optim.warmup_lr": _at_least(0),
     "optim.min_lr": _at_least(0), "optim.milestones": _at_least(0),
     "optim.decay_rate": _within(0, 1, lo_open=True), "optim.layer_decay": _within(0, 1),
     "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
@@ -92,7 +94,7 @@ RULES: dict[str, Check] = {
     "meta.n_way": _at_least(2), "meta.k_shot": _at_least(1), "meta.n_query": _at_least(1), "meta.lr": _above(0),
     "meta.momentum": _within(0, 1, hi_open=True), "meta.weight_decay": _at_least(0),
     "meta.kd_temperature": _above(0), "meta.threshold": _above(0), "meta.warmup_rate": _within(0, 1),
-    "meta.kd_weight": _at_least(0), "meta.gt_weight": _at_least(0),
+    "meta.kd_weight": _at_least(0), "meta.gt_weight": _at_least(0), "meta.bn_episodes": _at_least(0),
 }
 
 
@@ -137,9 +139,23 @@ def _check_rule(rule: Check, value: Any, key: str, section: Any) -> None:
         _check_range(rule, value, key)
 
 
+def _check_output_outside_store(cfg: Any) -> None:
+    """A run directory written into the store it reads would mix run files with the store's."""
+    store = getattr(getattr(cfg, "teacher", None), "store", None)
+    out = getattr(getattr(cfg, "run", None), "output", None)
+    if not store or not out or "://" in str(store):
+        return
+    s, o = Path(store).resolve(), Path(out).resolve()
+    if o == s or s in o.parents:
+        raise ConfigError(f"run.output {out} is {'the store' if o == s else 'inside the store'} teacher.store {store}; "
+                          "choose a run.output outside it")
+
+
 def validate(cfg: Any, prefix: str = "") -> Any:
     """Check every value of the dataclass ``cfg`` against :data:`RULES`, the objective section against the
     objectives' own declared ranges (``pipeline.objectives.param``), and finiteness; ConfigError naming the key."""
+    if not prefix:
+        _check_output_outside_store(cfg)
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):

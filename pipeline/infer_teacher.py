@@ -29,12 +29,12 @@ from pipeline.runtime import RunError, barrier, main_lock, setup, stderr_console
 from pipeline.sources.base import Source
 from pipeline.sel_cl.selected import keep_selected
 from pipeline.sources.registry import train_and_test
-from pipeline.specs import dataset_record, teacher_spec, view_policy
+from pipeline.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
 from pipeline.views import PARAM_DIM, ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore
 
 
-def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
+def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> dict[str, Any]:
     """Create or resume the store at ``teacher.store``; returns a summary (per-view accuracy, chunks done)."""
     console = console or stderr_console()
     tc = cfg.teacher
@@ -56,7 +56,7 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         console.print(f"label noise {cfg.data.noise_mode} at rate {cfg.data.noise_rate}: "
                       f"{100 * source.noise_rate:.2f}% of the stored labels differ from the clean ones")
     policy = view_policy(cfg)
-    spec = teacher_spec(source, meta)
+    spec = teacher_spec(source, fed_teacher_meta(cfg, source, meta))
     attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],
                          "checkpoint": str(tc.checkpoint), "mean": list(spec.mean), "std": list(spec.std),
                          "input_size": spec.size[0]},
@@ -66,11 +66,15 @@ def infer(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     with main_lock(_lock_dir(path)):
         if info.is_main:
             store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs)
+            if repair:
+                bad = store.invalidate_failing()
+                console.print(f"store {path}: {bad} chunks failed verification" + ("; recomputing them" if bad else ""))
         barrier(info)
         if not info.is_main:
             store = SoftLabelStore.open(path, mode="r+")
         if store.is_complete:
-            console.print(f"store {path} is complete; nothing to do")
+            console.print(f"store {path} is complete; nothing to do"
+                          + ("" if repair else " (`--repair` verifies every chunk and recomputes the failing ones)"))
             return {"store": str(path), "computed_chunks": 0, "teacher_accuracy": store.attrs["teacher_accuracy"]}
         missing = store.missing_chunks()
         todo = missing[info.rank::info.world]  # disjoint chunks per rank
@@ -128,9 +132,9 @@ def _open_or_create(path: str, labels: np.ndarray, views: int, classes: int, tc:
     if SoftLabelStore.exists(path):
         store = SoftLabelStore.open(path, mode="r+")
         expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}
-        store.check_attrs({**expected, "layout": tc.layout})
+        store.check_attrs({**expected, "layout": tc.layout, "dtype": tc.dtype})
         return store
     return SoftLabelStore.create(path, num_samples=len(labels), num_views=views, num_classes=classes,
                                  param_dim=PARAM_DIM, chunk_samples=tc.chunk_samples, labels=labels, attrs=attrs,
-                                 layout=tc.layout, top_k=tc.top_k)
+                                 layout=tc.layout, top_k=tc.top_k, dtype=tc.dtype)
 

@@ -18,10 +18,10 @@ import torch
 
 from pipeline.sources.base import Source
 from pipeline.timm_augment import StudentAugment
-from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, replay
+from pipeline.views import InputSpec, ViewPolicy, interp_types, needs_resize, pixel_boxes, replay
 
 class ViewReplayer:
-    """Turns ``(images, params [B,5])`` into normalized float tensors ``[B,C,h,w]``, one per :class:`InputSpec`.
+    """Turns ``(images, params [B,6])`` into normalized float tensors ``[B,C,h,w]``, one per :class:`InputSpec`.
 
     ``images`` are uint8 ``[B,H,W,C]`` arrays, or a list of encoded files when ``decode`` is set
     (decoded by DALI: "mixed" on a GPU, CPU elsewhere). ``augment`` applies to the first output
@@ -40,6 +40,7 @@ class ViewReplayer:
         gpu = self.device.type == "cuda"
         device_id = (self.device.index or 0) if gpu else None
         conditionals = augment is not None and augment.active
+        self.resizes = any(needs_resize(spec, crop_hw) for spec in outputs)
 
         @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed & 0x7FFFFFFF,
                       exec_async=False, exec_pipelined=False, prefetch_queue_depth=1,
@@ -49,11 +50,12 @@ class ViewReplayer:
             anchor = fn.external_source(name="anchor")
             shape = fn.external_source(name="shape")
             flip = fn.external_source(name="flip")
+            interp = fn.cast(fn.external_source(name="interp"), dtype=types.INTERP_TYPE) if self.resizes else None
             if decode:
                 images = fn.decoders.image(images, device="mixed" if gpu else "cpu", output_type=types.RGB)
             elif gpu:
                 images = images.gpu()
-            return tuple(replay(images, anchor, shape, flip, outputs, crop_hw, augment))
+            return tuple(replay(images, anchor, shape, flip, outputs, crop_hw, augment, interp))
 
         self.pipe = graph()
         self.pipe.build()
@@ -69,6 +71,8 @@ class ViewReplayer:
         self.pipe.feed_input("anchor", anchor)
         self.pipe.feed_input("shape", shape)
         self.pipe.feed_input("flip", flip)
+        if self.resizes:
+            self.pipe.feed_input("interp", interp_types(params))
         return [_to_torch(out, self.device) for out in self.pipe.run()]
 
 

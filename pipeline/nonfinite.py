@@ -3,7 +3,8 @@
 The run loop (``pipeline.run_loop``) reads every step's loss on the host already (its tasks
 return it with the step's metrics); it hands it to
 :func:`check_step`, which raises :class:`~pipeline.runtime.RunError` at the first non-finite loss,
-naming the epoch and step the way the epoch lines do (1-based, ``epoch 2/10, step 5/40``). With
+naming the epoch and step the way the epoch lines do (1-based, ``epoch 2/10, step 5/40``), and at the
+first finite loss that has exploded (:class:`LossWatch`: over 1e4 x the first step's). With
 fp16 AMP a step skipped by the gradient scaler (inf/nan gradients, the scale is halved) is normal;
 :data:`MAX_SKIPPED_STEPS` of them in a row is not, and stops the run too. Before an epoch's
 checkpoint is written, :func:`weights_finite` makes sure it holds no non-finite weight.
@@ -21,6 +22,8 @@ from torch import nn
 from pipeline.runtime import Dist, RunError, all_reduce_sum
 
 MAX_SKIPPED_STEPS = 20  # consecutive fp16 steps skipped by the gradient scaler before the run is stopped
+EXPLODED_FACTOR = 1e4  # a finite loss this many times the first step's (at least LOSS_FLOOR) has exploded
+LOSS_FLOOR = 0.1
 
 
 def kept(epoch: int, epochs: int) -> str:
@@ -54,14 +57,33 @@ class SkippedSteps:
         return self.run >= MAX_SKIPPED_STEPS
 
 
+class LossWatch:
+    """Whether a finite loss has exploded: above :data:`EXPLODED_FACTOR` x the first step's loss of this process.
+
+    The first step's loss comes from the weights the process started with (initial or resumed), before
+    any update of its own, so it does not depend on the lr; ``optim.lr=1e30`` gives 2.3 there and 1e31
+    one step later.
+    """
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def exploded(self, loss: float) -> bool:
+        if self.first is None:
+            self.first = abs(loss) if math.isfinite(loss) else LOSS_FLOOR
+            return False
+        return math.isfinite(loss) and abs(loss) > EXPLODED_FACTOR * max(self.first, LOSS_FLOOR)
+
+
 def check_step(loss: float, skipped: SkippedSteps | None, epoch: int, epochs: int, step: int, steps: int,
-               device: torch.device, dist: Dist | None = None, lr_key: str = "optim.lr") -> None:
-    """RunError at a non-finite ``loss`` or too many skipped fp16 steps; with several ranks all agree.
+               device: torch.device, dist: Dist | None = None, lr_key: str = "optim.lr",
+               watch: LossWatch | None = None) -> None:
+    """RunError at a non-finite or exploded ``loss`` or too many skipped fp16 steps; with several ranks all agree.
 
     ``epoch``/``step`` are 0-based and printed 1-based. Across ranks the two flags are summed (one tiny
     all-reduce per step, only when ``dist.world > 1``) so every rank stops at the same step and none hangs.
     """
-    bad_loss = 0.0 if math.isfinite(loss) else 1.0
+    bad_loss = 0.0 if math.isfinite(loss) and not (watch is not None and watch.exploded(loss)) else 1.0
     bad_skip = 1.0 if skipped is not None and skipped.too_many else 0.0
     world = dist.world if dist is not None else 1
     if world > 1:
@@ -71,7 +93,12 @@ def check_step(loss: float, skipped: SkippedSteps | None, epoch: int, epochs: in
         return
     where = f"epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}"
     if bad_loss:
-        value = f"loss {loss}" if not math.isfinite(loss) else f"loss not finite on {int(bad_loss)} of {world} processes"
+        if not math.isfinite(loss):
+            value = f"loss {loss}"
+        elif watch is not None and watch.first is not None and abs(loss) > EXPLODED_FACTOR * max(watch.first, LOSS_FLOOR):
+            value = f"loss {loss:.3g}, over {EXPLODED_FACTOR:g} x the first step's {watch.first:.3g}"
+        else:
+            value = f"loss not finite or exploded on {int(bad_loss)} of {world} processes"
         raise RunError(f"training diverged at {where} ({value}); stopped, {kept(epoch, epochs)} "
                        f"(lower {lr_key} or check the data)")
     assert skipped is not None and skipped.scaler is not None

@@ -4,7 +4,8 @@ The loop owns the run directory (``pipeline.run_dir``): the lock, the config sna
 resume rules, atomic epoch checkpoints and the recovery checkpoints inside an epoch
 (``run.checkpoint_every_steps``, also under torchrun), named metric rows (``metrics.jsonl`` /
 ``metrics.csv`` and the optional trackers of ``pipeline.trackers``), the progress bar, the
-non-finite checks, the evaluation hook and ``result.json``. A task (supervised and student runs in
+non-finite checks, the evaluation hook and ``result.json``, to which it adds the epochs selected
+over the whole metric history (:func:`epoch_selection`). A task (supervised and student runs in
 ``pipeline.train_student``, Meta-Baseline in ``pipeline.few_shot.meta``, the Sel-CL stages in
 ``pipeline.sel_cl``) builds its data and model in :meth:`Task.prepare`, yields an epoch's batches,
 and turns one batch into one optimizer step whose named terms it returns in a :class:`StepOut`.
@@ -25,8 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from pipeline.checkpoint import load_state, save_state
-from pipeline.nonfinite import SkippedSteps, check_step, check_weights
+from pipeline.checkpoint import CheckpointError, load_state, save_state
+from pipeline.nonfinite import LossWatch, SkippedSteps, check_step, check_weights
 from pipeline.run_dir import RunDir, epoch_line
 from pipeline.runtime import Dist, RunError, all_reduce_sum, main_lock
 from pipeline.trackers import Trackers
@@ -99,6 +100,7 @@ class Task:
     ``checkpoint_every_steps`` describe the run.
     """
 
+    cfg: Any  # the resolved config (``to_dict()``): written to config.yaml, compared on --resume
     epochs: int
     output: Path
     device: torch.device
@@ -112,9 +114,6 @@ class Task:
 
     def prepare(self) -> None:
         """Set up the device and process group, data, models, optimizer (before any resume)."""
-        raise NotImplementedError
-
-    def save_config(self, directory: Path) -> None:
         raise NotImplementedError
 
     def modules(self) -> list[nn.Module]:
@@ -151,6 +150,30 @@ class Task:
         """Release background work (readers); called when the run ends, however it ends."""
 
 
+BEST_TEST_NOTE = ("highest test top-1 over epochs, upstream's CheckpointSaver metric (eval_metric top1): the epoch "
+                  "is selected on the test set, so it is optimistic; the headline test_acc is the last epoch's")
+
+
+def epoch_selection(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The result's selected epochs, from every metrics row (so also after ``--resume``).
+
+    ``best_test_top1``/``best_test_epoch``: upstream's metric, the best test accuracy over epochs;
+    with a validation split ``best_epoch``/``best_val_acc``/``test_acc_at_best``: the test accuracy
+    at the best-validation epoch. Ties go to the earliest epoch, as in timm's CheckpointSaver.
+    Epochs are 0-based, as in ``metrics.jsonl``. Empty for tasks without a test accuracy per epoch.
+    """
+    out: dict[str, Any] = {}
+    tested = [r for r in history if "test_acc" in r]
+    if tested:
+        best = max(tested, key=lambda r: r["test_acc"])
+        out.update(best_test_top1=best["test_acc"], best_test_epoch=int(best["epoch"]), best_test_note=BEST_TEST_NOTE)
+    validated = [r for r in tested if "val_acc" in r]
+    if validated:
+        best = max(validated, key=lambda r: r["val_acc"])
+        out.update(best_epoch=int(best["epoch"]), best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])
+    return out
+
+
 def progress(console: Console) -> Progress:
     """A transient progress bar, shown only on a terminal."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -165,6 +188,7 @@ class RunLoop:
         self.run_dir = RunDir(task.output, resume, console)
         self.step_path = self.run_dir.checkpoints / "step.pt"
         self.partial: dict[str, Any] | None = None  # where a step checkpoint left the epoch it interrupted
+        self.loss_watch = LossWatch()  # stops a run whose finite loss explodes
 
     def run(self) -> dict[str, Any]:
         task = self.task
@@ -176,12 +200,13 @@ class RunLoop:
 
     def _run(self) -> dict[str, Any]:
         task = self.task
+        self.run_dir.check_config(task.cfg.to_dict())
         task.prepare()
         main = task.dist.is_main
         self.run_dir.is_main = main
         start, history = self._restore()
         if main:
-            task.save_config(task.output)
+            self.run_dir.write_config(task.cfg.to_dict())
         trackers = Trackers(task.output, task.trackers, enabled=main)
         try:
             for epoch in range(start, task.epochs):
@@ -197,7 +222,7 @@ class RunLoop:
                     self.console.print(epoch_line(row, task.epochs, task.epoch_line))
         finally:
             trackers.close()
-        result = task.finish(history)
+        result = {**task.finish(history), **epoch_selection(history)}
         if main:
             self.run_dir.write_result(result)
         return result
@@ -223,7 +248,7 @@ class RunLoop:
                 out = task.train_step(batch, epoch, step)
                 task.skipped.update()
                 check_step(out.loss, task.skipped, epoch, task.epochs, step, ep.steps, task.device, task.dist,
-                           lr_key=task.lr_key)
+                           lr_key=task.lr_key, watch=self.loss_watch)
                 sums.add(out.metrics)
                 bar.advance(bar_task)
                 if every and (step + 1) % every == 0 and step + 1 < ep.steps:
@@ -234,10 +259,10 @@ class RunLoop:
     # -- checkpoints -------------------------------------------------------------------------
     def _restore(self) -> tuple[int, list[dict[str, Any]]]:
         """Load the last epoch checkpoint (and a later step checkpoint) when resuming; (next epoch, history)."""
-        if not self.run_dir.check_start(self.run_dir.state_path.exists() or self.step_path.exists()):
+        if not self.run_dir.check_start(self.run_dir.has_epoch_state or self.step_path.exists()):
             return 0, []
         start, history = 0, []
-        if self.run_dir.state_path.exists():
+        if self.run_dir.has_epoch_state:
             state, start, history = self.run_dir.load_epoch_state()
             self.task.load_state_dict(state, self.run_dir.state_path)
         self._restore_step(start)
@@ -247,7 +272,14 @@ class RunLoop:
         """Continue from a step checkpoint of the epoch that the last epoch checkpoint leaves next."""
         if not self.step_path.exists():
             return
-        state = load_state(self.step_path)
+        try:
+            state = load_state(self.step_path)
+            int(state["epoch"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            if self.task.dist.is_main:
+                self.console.print(f"{exc if isinstance(exc, CheckpointError) else self.step_path}: ignored; "
+                                   "resuming from the last epoch checkpoint")
+            return
         if int(state["epoch"]) != start_epoch:  # older than the last epoch checkpoint: superseded
             return
         ranks = json.loads(state["ranks"])

@@ -5,19 +5,22 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.mixing import MixConfig
+from pipeline.runtime import RunError
 from pipeline.sources.base import Source
 from pipeline.timm_augment import StudentAugment
 from pipeline.views import InputSpec, ViewPolicy
 
 
 SAMPLING_MODES = ("auto", "cycle", "fresh")
+TEACHER_INPUTS = ("own", "student")
 
 
 def view_policy(cfg: Config, seed: int | None = None) -> ViewPolicy:
     """The configured policy; its seed is ``views.seed``, else ``seed`` (a store's), else ``run.seed``."""
     v = cfg.views
     resolved = v.seed if v.seed is not None else (seed if seed is not None else cfg.run.seed)
-    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, resolved)
+    return ViewPolicy(v.kind, v.num_views, v.pad, v.flip, tuple(v.scale), tuple(v.ratio), v.crop_pct, resolved,
+                      v.interpolation, v.eval_interpolation)
 
 
 def fresh_views(cfg: Config, reads_store: bool) -> bool:
@@ -56,3 +59,22 @@ def input_spec(source: Source, mean: Any, std: Any, size: Any) -> InputSpec:
 def teacher_spec(source: Source, meta: dict[str, Any]) -> InputSpec:
     """The teacher's own normalization and input size, as recorded in its model.json."""
     return input_spec(source, meta.get("mean"), meta.get("std"), meta.get("input_size"))
+
+
+def student_spec(cfg: Config, source: Source) -> InputSpec:
+    """The student's input: ``model.mean`` / ``std`` / ``input_size`` where set, else the dataset's."""
+    return input_spec(source, cfg.model.mean, cfg.model.std, cfg.model.input_size)
+
+
+def fed_teacher_meta(cfg: Config, source: Source, meta: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's description with the input it is fed (``teacher.input``), for :func:`teacher_spec`.
+
+    ``own`` keeps its recorded normalization and size; ``student`` puts the student's there: the
+    paper's train.py resolves one data config from the student model and feeds that batch to both.
+    """
+    if cfg.teacher.input not in TEACHER_INPUTS:
+        raise RunError(f"teacher.input must be one of {', '.join(TEACHER_INPUTS)}, got {cfg.teacher.input!r}")
+    if cfg.teacher.input == "own":
+        return meta
+    spec = student_spec(cfg, source)
+    return {**meta, "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.size[0]}

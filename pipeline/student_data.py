@@ -42,6 +42,7 @@ class StudentData:
     augment: Any
     labels: np.ndarray
     model: Any
+    scheduler: Any
     shard_reader: ShardReader | None
     read_s: float
 
@@ -115,6 +116,7 @@ class StudentData:
         return (lambda idx: sample_params(policy, idx, view, src.sizes_of(idx))), None
 
     def epoch(self, epoch: int, start_step: int) -> Epoch:
+        self.scheduler.step(epoch)  # a schedule stepped per epoch sets this epoch's lr; per update: no-op
         if epoch > 0 and self.augment.active:
             self.train_replayer = self.make_train_replayer(epoch)
         random.seed(hash((self.cfg.run.seed, epoch, self.dist.rank)))  # timm's RandomErasing draws from `random`

@@ -2,7 +2,9 @@
 
 Every combination of the ``--grid`` values and ``--seeds`` becomes one run under the sweep
 directory, named after its settings. The store is made first (only if missing); finished runs
-are skipped and unfinished ones resumed, so the same command can be run again after a crash.
+are skipped and unfinished ones resumed, so the same command can be run again after a crash; a run
+whose ``config.yaml`` differs from what the command gives (another base config or ``--set``) is
+refused, naming the key, as ``--resume`` does. Workers run in the caller's working directory.
 With ``parallel > 1`` runs go to that many worker processes at a time (``python -m pipeline.sweep``,
 this module's entry point: one resumed student run). A run that fails (a diverging lr, say) does
 not stop the others; the sweep ends with an error naming the failures.
@@ -25,6 +27,7 @@ from rich.console import Console
 
 from pipeline.checkpoint import write_json
 from pipeline.config import ConfigError, load_config, parse_override
+from pipeline.run_dir import first_difference
 from pipeline.runtime import RunError, stderr_console
 from store.soft_label_store import SoftLabelStore, StoreError
 
@@ -48,7 +51,11 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
         if "=" not in item:
             raise ConfigError(f"--grid {item!r} is not of the form key=v1,v2,...")
         key, raw = item.split("=", 1)
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        try:
+            values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--grid {key}: {raw!r} holds a value that is not YAML ({' '.join(str(exc).split())[:120]})") from exc
+        values = [v for i, v in enumerate(values) if v not in values[:i]]  # kd,kd is one run, not one run twice
         if not values:
             raise ConfigError(f"--grid {key} has no values")
         parse_override(f"{key}=0")
@@ -73,6 +80,22 @@ def expand(grid: list[tuple[str, list[Any]]], seeds: list[int]) -> list[SweepRun
     return runs
 
 
+def check_same_settings(out: Path, run: SweepRun, cfg: Any) -> None:
+    """Refuse to skip or resume a run of ``out`` that was made with other settings than this command gives."""
+    stored = out / run.name / "config.yaml"
+    if not stored.exists():
+        return
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except yaml.YAMLError as exc:
+        raise RunError(f"{stored}: not valid YAML; remove that run directory to rerun it") from exc
+    diff = first_difference(old if isinstance(old, dict) else {}, cfg.to_dict())
+    if diff is not None:
+        key, was, now = diff
+        raise RunError(f"sweep {out}: run {run.name} was made with {key}={was!r} but this command gives {now!r}; "
+                       "rerun with the sweep's own settings, or choose another --output for a different sweep")
+
+
 def _status(run_dir: Path) -> str:
     if (run_dir / "result.json").exists():
         return "done"
@@ -89,8 +112,8 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     out = Path(output)
     grid = parse_grid(grid_items)
     runs = expand(grid, seeds)
-    for r in runs:  # validate every combination before any work starts
-        load_config(config, base_overrides + list(r.overrides) + [f"run.output={out / r.name}"])
+    for r in runs:  # validate every combination, and that finished runs hold these settings, before any work
+        check_same_settings(out, r, load_config(config, base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]))
     base = load_config(config, base_overrides)
     if base.teacher.mode == "store" and base.teacher.store and not SoftLabelStore.exists(base.teacher.store):
         console.rule(f"store {base.teacher.store} is missing: running infer-teacher once")
@@ -122,7 +145,10 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "pipeline.sweep", str(config), *args_of(r)]
             with open(log, "w") as f:
-                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=_worker_env()).returncode
+                # the user's working directory: relative paths (config, --output, data, store) mean what they
+                # mean to a sequential sweep
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=Path.cwd(),
+                                      env=_worker_env()).returncode
             console.print(f"{'finished' if code == 0 else 'FAILED'} {r.name}" + ("" if code == 0 else f" (see {log})"))
             return r.name, code
 

@@ -16,7 +16,7 @@ from pipeline.objectives import Objective
 from pipeline.pretrained import load_teacher
 from pipeline.runtime import RunError
 from pipeline.sources.base import Source
-from pipeline.specs import dataset_record, view_policy
+from pipeline.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
 from pipeline.views import ViewPolicy
 from store.soft_label_store import SoftLabelStore, StoreError
 
@@ -39,7 +39,8 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
     """Load what the objective needs and the run's view policy; check that a store matches both.
 
     ``train_src`` is the training selection a store covers (before any validation hold-out). A run
-    that replays a store takes the store's view seed unless ``views.seed`` pins one.
+    that replays a store takes the store's view seed unless ``views.seed`` pins one. The teacher's
+    ``meta`` describes the input it is fed (``teacher.input``), and a store must come from that input.
     """
     if not objective.needs_teacher:
         return None, view_policy(cfg)
@@ -50,7 +51,7 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
     if cfg.teacher.checkpoint:
         model, t.meta, t.sha256 = load_teacher(cfg.teacher.checkpoint, cfg.teacher.model, train_src.num_classes,
                                                train_src.channels)
-        t.model = model.to(device)
+        t.model, t.meta = model.to(device), fed_teacher_meta(cfg, train_src, t.meta)
     elif mode == "online":
         raise RunError("teacher.mode is online but teacher.checkpoint is not set")
     if mode == "store":
@@ -59,8 +60,10 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
         t.store = SoftLabelStore.open(cfg.teacher.store)
         policy = view_policy(cfg, seed=t.store.attrs.get("view_policy", {}).get("seed"))
         expected: dict[str, Any] = {"dataset": dataset_record(train_src), "view_policy": policy.describe()}
-        if t.sha256:
-            expected["teacher"] = {"sha256": t.sha256}
+        if t.meta is not None:
+            spec = teacher_spec(train_src, t.meta)
+            expected["teacher"] = {"sha256": t.sha256, "mean": list(spec.mean), "std": list(spec.std),
+                                   "input_size": spec.size[0]}
         t.store.check_matches(expected)
         if t.store.num_classes != train_src.num_classes:
             raise StoreError(f"store has {t.store.num_classes} classes but {train_src.name} has {train_src.num_classes}")

@@ -143,6 +143,12 @@ class StudentAugment:
         return f"original{mstd}" if self.policy == "auto_augment" else ""
 
 
+def fill_color(mean: tuple[float, ...]) -> tuple[int, ...]:
+    """timm's fill color of the geometric ops for a normalization ``mean`` (0..1): its ``img_mean``,
+    ``round(255 * m)`` per channel (``create_transform``), e.g. 128 for the ViT's mean 0.5."""
+    return tuple(min(255, round(255 * m)) for m in mean)
+
+
 def _warp(data: Any, matrix: Any, fill: tuple[int, ...]) -> Any:
     """Bilinear affine warp by ``matrix`` (a ``fn.transforms`` output, as DALI's auto_aug ops use it) with a
     per-channel fill: timm's fill color is the normalization mean, DALI's ``fill_value`` one number."""

@@ -3,8 +3,8 @@
 :func:`build_model` creates the timm-registered model (optionally from pretrained weights), places
 it for the run's precision and memory format and wraps what trains in DDP / ``torch.compile``;
 :func:`build_optimizer` sizes the batches for the process count and makes timm's optimizer and
-per-step scheduler (the linear scaling rule applies when ``optim.batch_per_process`` changes the
-global batch).
+scheduler (the linear scaling rule applies when ``optim.batch_per_process`` changes the global
+batch).
 """
 from __future__ import annotations
 
@@ -65,7 +65,12 @@ def build_model(m: ModelConfig, run: RunConfig, num_classes: int, channels: int,
 
 @dataclass
 class Optimization:
-    """The optimizer, its per-step scheduler and the batch sizes they were made for."""
+    """The optimizer, its scheduler and the batch sizes they were made for.
+
+    Drive the scheduler with ``scheduler.step(epoch)`` at the start of every epoch and
+    ``scheduler.step_update(n)`` after update ``n``: the call that does not match the schedule's unit
+    (``optim.sched_on_updates``) does nothing, as in timm's train.py.
+    """
 
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler
@@ -74,8 +79,42 @@ class Optimization:
     steps_per_epoch: int
 
 
+def _whole(value: float, key: str) -> int:
+    """``value`` as a whole number of epochs, for a schedule stepped per epoch."""
+    if value != int(value):
+        raise RunError(f"{key}={value} is not a whole number of epochs, but the schedule steps once per epoch "
+                       "(timm train.py); set optim.sched_on_updates=true to step it every update")
+    return int(value)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig, steps: int, scale: float = 1.0) -> Scheduler:
+    """timm 0.6.12 ``create_scheduler`` as the paper's ``classification/train.py`` calls it, per epoch or per update.
+
+    Cosine: ``CosineLRScheduler(t_initial=epochs, lr_min=min_lr, warmup_lr_init=warmup_lr,
+    warmup_t=warmup_epochs)`` with timm's default ``warmup_prefix=False`` (the warm-up is part of the
+    ``epochs``; upstream's ``cooldown_epochs`` is 0). Multistep follows ``torch.optim.lr_scheduler.MultiStepLR``
+    (epoch ``m`` of ``milestones`` is the first at the decayed lr: few_shot_leaerning/utils/__init__.py
+    ``make_optimizer``); timm applies milestone ``d`` at ``t = d - 1``, hence ``d = m + 1``. With
+    ``sched_on_updates`` every time is counted in updates (``steps`` per epoch), the same curve sampled
+    at each update.
+    """
+    unit = steps if o.sched_on_updates else 1
+    if o.sched_on_updates:
+        warmup_t, milestones = round(o.warmup_epochs * steps), [round(m * steps) for m in o.milestones]
+    else:
+        warmup_t = _whole(o.warmup_epochs, "optim.warmup_epochs")
+        milestones = [_whole(m, "optim.milestones") for m in o.milestones]
+    common = dict(warmup_t=warmup_t, warmup_lr_init=o.warmup_lr, warmup_prefix=False,
+                  t_in_epochs=not o.sched_on_updates)
+    if o.schedule == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=o.epochs * unit, lr_min=o.min_lr * scale, **common)
+    if o.schedule == "multistep":
+        return MultiStepLRScheduler(optimizer, decay_t=[m + 1 for m in milestones], decay_rate=o.decay_rate, **common)
+    raise RunError(f"optim.schedule must be cosine or multistep, got {o.schedule!r}")
+
+
 def build_optimizer(model: nn.Module, o: OptimConfig, world: int, num_train: int) -> Optimization:
-    """timm's optimizer and a cosine or multistep schedule stepped per update, for ``world`` processes."""
+    """timm's optimizer and the recipe's schedule (:func:`build_scheduler`), for ``world`` processes."""
     global_batch = o.batch_per_process * world if o.batch_per_process else o.batch_size
     scale = global_batch / o.batch_size  # linear scaling rule (1 when the recipe's batch is kept)
     if global_batch % world:
@@ -87,15 +126,7 @@ def build_optimizer(model: nn.Module, o: OptimConfig, world: int, num_train: int
     kwargs: dict[str, Any] = {"momentum": o.momentum} if o.name == "sgd" else {}
     if o.layer_decay > 0:
         kwargs["layer_decay"] = o.layer_decay
-    optimizer = create_optimizer_v2(model, opt=opt_name, lr=o.lr * scale, weight_decay=o.weight_decay, **kwargs)
-    warmup = dict(warmup_t=int(o.warmup_epochs * steps), warmup_lr_init=o.lr * scale * 1e-3 if o.warmup_epochs else 0.0,
-                  warmup_prefix=True, t_in_epochs=False)
-    scheduler: Scheduler
-    if o.schedule == "cosine":
-        scheduler = CosineLRScheduler(optimizer, t_initial=o.epochs * steps, lr_min=o.min_lr * scale, **warmup)
-    elif o.schedule == "multistep":
-        scheduler = MultiStepLRScheduler(optimizer, decay_rate=o.decay_rate, **warmup,
-                                         decay_t=[int(m * steps) for m in o.milestones])
-    else:
-        raise RunError(f"optim.schedule must be cosine or multistep, got {o.schedule!r}")
-    return Optimization(optimizer, scheduler, global_batch, global_batch // world, steps)
+    optimizer = create_optimizer_v2(model, opt=opt_name, lr=o.lr * scale, weight_decay=o.weight_decay,
+                                    filter_bias_and_bn=o.filter_bias_and_bn, **kwargs)
+    return Optimization(optimizer, build_scheduler(optimizer, o, steps, scale), global_batch, global_batch // world,
+                        steps)

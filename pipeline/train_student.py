@@ -20,7 +20,8 @@ from torch import nn
 
 from pipeline.accuracy import accuracy, fixed_view_replayer, predictions
 from pipeline.checkpoint import CheckpointError, load_state_strict, save_model, unwrap
-from pipeline.config import Config, save_config
+from pipeline.config import Config
+from pipeline.few_shot.ghost_bn import set_bn_batch
 from pipeline.objectives import Objective, build_objective
 from pipeline.run_loop import RunLoop, StepOut, Task
 from pipeline.runtime import RunError, setup, stderr_console
@@ -88,6 +89,7 @@ class Trainer(StudentData, StudentStep, Task):
                              self.dist, self.console)
         self.model, self.net, self.memory_format, self.scaler = (placed.model, placed.net, placed.memory_format,
                                                                  placed.scaler)
+        set_bn_batch(self.model, cfg.model.bn_batch, "model.bn_batch")  # per-GPU BN of DataParallel (ghost_bn)
         opt = build_optimizer(self.model, cfg.optim, self.dist.world, len(self.train_src))
         self.optimizer, self.scheduler = opt.optimizer, opt.scheduler
         self.global_batch, self.local_batch, self.steps_per_epoch = opt.global_batch, opt.local_batch, opt.steps_per_epoch
@@ -114,9 +116,6 @@ class Trainer(StudentData, StudentStep, Task):
                                       cfg.optim.eval_batch_size, self.policy, cfg.run.device, cfg.run.num_threads)
             self.test_teacher_pred = predictions(self.teacher.model, self.test_src, rep, self.policy)
 
-    def save_config(self, directory: Path) -> None:
-        save_config(self.cfg, directory / "config.yaml")
-
     def modules(self) -> list[nn.Module]:
         return [self.model]
 
@@ -129,7 +128,7 @@ class Trainer(StudentData, StudentStep, Task):
 
     # -- an epoch ----------------------------------------------------------------------------
     def train_step(self, b: Any, epoch: int, step: int) -> StepOut:
-        """One optimizer step, the per-update schedule, and the step's named metric sums."""
+        """One optimizer step, the schedule's update (when stepped per update), and the step's named metric sums."""
         out, zs, zt = self.optimizer_step(b, epoch, step)
         self.scheduler.step_update(epoch * self.steps_per_epoch + step + 1)
         loss = out.total.item()  # the metrics below sync every step anyway
@@ -205,10 +204,8 @@ class Trainer(StudentData, StudentStep, Task):
             "teacher_test_acc": None if pred is None else float((pred == self.test_src.labels).mean()),
             "noise_rate": getattr(self.train_src, "noise_rate", None),
         }
-        if self.val_src is not None:
-            best = max(history, key=lambda r: r["val_acc"])
-            result.update(val_samples=len(self.val_src), best_epoch=int(best["epoch"]), best_val_acc=best["val_acc"],
-                          test_acc_at_best=best["test_acc"])
+        if self.val_src is not None:  # the selected epochs are added by the run loop (run_loop.epoch_selection)
+            result["val_samples"] = len(self.val_src)
         if self.dist.is_main:
             m, spec = self.cfg.model, self.student_spec
             save_model(self.model, self.output, {

@@ -1,8 +1,9 @@
 """View policies: sample view parameters (stage 1) and replay them as DALI operators (both stages).
 
-A view is a crop box in the source image plus a horizontal flip, stored as five float32
-numbers ``(y0, x0, h, w, flip)`` with the box normalized by the image's height and width (the
-box may extend past the image for pad-and-crop; the outside is zero). A policy is a pure
+A view is a crop box in the source image, a horizontal flip and the resize's interpolation,
+stored as six float32 numbers ``(y0, x0, h, w, flip, bicubic)`` with the box normalized by the
+image's height and width (the box may extend past the image for pad-and-crop; the outside is
+zero) and ``bicubic`` 1 for a bicubic resize, 0 for bilinear. A policy is a pure
 function ``(seed, sample_index, view_index) -> params``: the random numbers come from a
 counter-based hash of those three integers, so any sample's views can be drawn again in any
 order, by any rank, and vectorized over a block of samples.
@@ -17,16 +18,23 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.timm_augment import StudentAugment, _timm_augment
+from pipeline.timm_augment import StudentAugment, _timm_augment, fill_color
 
-PARAM_NAMES = ("y0", "x0", "h", "w", "flip")
+PARAM_NAMES = ("y0", "x0", "h", "w", "flip", "bicubic")
 PARAM_DIM = len(PARAM_NAMES)
 KINDS = ("pad_crop", "random_resized_crop", "none")
+INTERPOLATIONS = ("bilinear", "bicubic")
+TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")  # random: timm's, bilinear or bicubic per image
 
 
 @dataclass(frozen=True)
 class ViewPolicy:
-    """How views are drawn. ``kind="none"`` stores only the fixed view (no augmentation)."""
+    """How views are drawn. ``kind="none"`` stores only the fixed view (no augmentation).
+
+    ``interpolation`` resizes the augmented views (timm's ``--train-interpolation``; ``random`` draws
+    bilinear or bicubic per view, as timm's RandomResizedCropAndInterpolation does per image),
+    ``eval_interpolation`` the fixed view (timm's eval ``interpolation``).
+    """
 
     kind: str = "pad_crop"
     num_views: int = 4
@@ -36,10 +44,18 @@ class ViewPolicy:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_pct: float = 1.0
     seed: int = 0
+    interpolation: str = "bilinear"
+    eval_interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown view kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.interpolation not in TRAIN_INTERPOLATIONS:
+            raise ValueError(f"views.interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)}, "
+                             f"got {self.interpolation!r}")
+        if self.eval_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"views.eval_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"got {self.eval_interpolation!r}")
         if self.kind != "none" and self.num_views < 1:
             raise ValueError("num_views must be >= 1 for an augmenting view policy")
         if not 0 < self.crop_pct <= 1:
@@ -109,14 +125,23 @@ def fixed_box(policy: ViewPolicy, hw: tuple[int, int] | np.ndarray, n: int) -> n
     return np.stack([(1 - bh) / 2, (1 - bw) / 2, bh, bw, np.zeros(n)], axis=1)
 
 
+def _bicubic(policy: ViewPolicy, idx: np.ndarray, view: int) -> np.ndarray:
+    """The views' ``bicubic`` flags: the eval interpolation for view 0, else the train one (random: a fair coin)."""
+    mode = policy.eval_interpolation if view == 0 else policy.interpolation
+    if mode == "random":
+        return (uniform(policy.seed, idx, view, 3) < 0.5).astype(np.float64)
+    return np.full(len(idx), float(mode == "bicubic"))
+
+
 def sample_params(policy: ViewPolicy, indices: np.ndarray, view: int, hw: tuple[int, int] | np.ndarray) -> np.ndarray:
-    """Params ``[n, 5]`` float32 of ``view`` for samples ``indices`` of images of size ``hw``.
+    """Params ``[n, 6]`` float32 of ``view`` for samples ``indices`` of images of size ``hw``.
 
     ``hw`` is one ``(height, width)`` for all samples or an ``[n, 2]`` array (image folders).
     """
     idx = np.asarray(indices, dtype=np.int64)
     if view == 0:
-        return fixed_box(policy, hw, len(idx)).astype(np.float32)
+        return np.concatenate([fixed_box(policy, hw, len(idx)), _bicubic(policy, idx, 0)[:, None]],
+                              axis=1).astype(np.float32)
     if not 1 <= view < policy.total_views:
         raise ValueError(f"view {view} out of range for a policy with {policy.total_views} views")
     h, w = _sizes(hw, len(idx))
@@ -129,7 +154,8 @@ def sample_params(policy: ViewPolicy, indices: np.ndarray, view: int, hw: tuple[
     else:
         out = _random_resized_boxes(policy, idx, view, hw)
     flip = (uniform(s, idx, view, 2) < 0.5) if policy.flip else np.zeros(len(idx), dtype=bool)
-    return np.concatenate([out, flip[:, None].astype(np.float64)], axis=1).astype(np.float32)
+    return np.concatenate([out, flip[:, None].astype(np.float64), _bicubic(policy, idx, view)[:, None]],
+                          axis=1).astype(np.float32)
 
 
 def _random_resized_boxes(policy: ViewPolicy, idx: np.ndarray, view: int, hw: tuple[int, int] | np.ndarray,
@@ -173,6 +199,14 @@ def pixel_boxes(params: np.ndarray, hw: tuple[int, int] | np.ndarray) -> tuple[n
     return anchor, shape, flip
 
 
+def interp_types(params: np.ndarray) -> np.ndarray:
+    """The DALI interpolation of each view's resize (``DALIInterpType`` values, int32) from its ``bicubic`` flag."""
+    from nvidia.dali import types
+
+    cubic = np.asarray(params)[:, 5] > 0.5
+    return np.where(cubic, int(types.INTERP_CUBIC), int(types.INTERP_LINEAR)).astype(np.int32)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What one model receives: output size ``(h, w)`` and per-channel mean/std on the 0..1 scale."""
@@ -182,16 +216,21 @@ class InputSpec:
     std: tuple[float, ...]
 
 
+def needs_resize(spec: InputSpec, crop_hw: tuple[int, int] | None) -> bool:
+    """Whether :func:`replay` resizes the crops for ``spec`` (not when every crop already has its size)."""
+    return crop_hw is None or tuple(spec.size) != tuple(crop_hw)
+
+
 def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[InputSpec],
-           crop_hw: tuple[int, int] | None, augment: StudentAugment | None = None) -> list[Any]:
+           crop_hw: tuple[int, int] | None, augment: StudentAugment | None = None, interp: Any = None) -> list[Any]:
     """The DALI graph shared by both stages: crop (zero padding outside), resize, flip, normalize.
 
-    The resize is bilinear and antialiased when it downscales, as PIL's (timm's) bilinear resize.
-    ``outputs`` lists the consumers (the student, and the teacher in online mode; the teacher
-    alone in stage 1). ``crop_hw`` is the crop size when every view's crop already has the output
-    size (pad-and-crop, no resize needed), else None. ``augment`` (timm's RandAugment /
-    AutoAugment, :func:`_timm_augment`) changes the first output only, after the crop and the flip
-    (timm's order), so the teacher's copy stays the stored view.
+    The resize uses each view's interpolation ``interp`` (:func:`interp_types`; None: bilinear) and is
+    antialiased when it downscales, as PIL's (timm's) resize. ``outputs`` lists the consumers (the
+    student, and the teacher in online mode; the teacher alone in stage 1). ``crop_hw`` is the crop
+    size when every view's crop already has the output size (pad-and-crop, no resize needed), else
+    None. ``augment`` (timm's RandAugment / AutoAugment, :func:`_timm_augment`) changes the first
+    output only, after the crop and the flip (timm's order), so the teacher's copy stays the stored view.
     """
     from nvidia.dali import fn, types
 
@@ -200,12 +239,12 @@ def replay(images: Any, anchor: Any, shape: Any, flip: Any, outputs: list[InputS
     results = []
     for i, spec in enumerate(outputs):
         x = crop
-        if crop_hw is None or tuple(spec.size) != tuple(crop_hw):
-            x = fn.resize(crop, size=list(spec.size), interp_type=types.INTERP_LINEAR, antialias=True)
+        if needs_resize(spec, crop_hw):
+            x = fn.resize(crop, size=list(spec.size), antialias=True,
+                          interp_type=types.INTERP_LINEAR if interp is None else interp)
         mirror = flip
         if i == 0 and augment is not None and augment.active:  # timm: crop, flip, then RandAugment/AutoAugment
-            fill = tuple(min(255, round(255 * m)) for m in spec.mean)  # timm's fill color (img_mean)
-            x = _timm_augment(fn.flip(x, horizontal=flip), augment, tuple(spec.size), fill)
+            x = _timm_augment(fn.flip(x, horizontal=flip), augment, tuple(spec.size), fill_color(spec.mean))
             mirror = 0
         results.append(fn.crop_mirror_normalize(x, mirror=mirror, mean=[255.0 * m for m in spec.mean],
                                                 std=[255.0 * s for s in spec.std], dtype=types.FLOAT,

@@ -77,7 +77,8 @@ class StoreReads:
 
     def _corrupt(self, c: ChunkRef) -> StoreError:
         return StoreError(f"store {self.path}: chunk (block {c.block}, view {c.view}) samples "
-                          f"{c.start}..{c.stop - 1} is corrupt (checksum mismatch or non-finite logits)")
+                          f"{c.start}..{c.stop - 1} is corrupt (checksum mismatch or non-finite logits); "
+                          "`w2s infer-teacher CONFIG --repair` recomputes the chunks that fail verification")
 
     def _part_names(self) -> list[str]:
         return ["logits"] if self.layout == "full" else ["topk_values", "topk_indices", "tail_logsumexp"]

@@ -2,7 +2,7 @@
 
 Layout (docs/design.md, "The store"):
 
-- ``logits``       ``[N, V, C]`` float16, one chunk = one view of a block of samples, zstd.
+- ``logits``       ``[N, V, C]`` float16 (or float32, attr ``dtype``), one chunk = one view of a block of samples, zstd.
 - ``view_params``  ``[N, V, P]`` float32, same chunking.
 - ``labels``       ``[N]`` int64, the labels the teacher saw.
 - with ``layout="top_k"`` instead of ``logits``: ``topk_values`` ``[N, V, k]`` float16,
@@ -38,6 +38,7 @@ from store.reads import StoreReads
 from store.topk import compress, index_dtype
 
 SCHEMA_VERSION = 1
+DTYPES = ("float16", "float32")
 LAYOUTS = ("full", "top_k")
 
 
@@ -64,13 +65,20 @@ class SoftLabelStore(StoreReads):
     @classmethod
     def create(cls, path: str | Path, *, num_samples: int, num_views: int, num_classes: int,
                param_dim: int, chunk_samples: int, labels: np.ndarray,
-               attrs: dict[str, Any], layout: str = "full", top_k: int = 0) -> "SoftLabelStore":
-        """Create an empty (status "partial") store; refuses to overwrite an existing one."""
+               attrs: dict[str, Any], layout: str = "full", top_k: int = 0,
+               dtype: str = "float16") -> "SoftLabelStore":
+        """Create an empty (status "partial") store; refuses to overwrite an existing one.
+
+        ``dtype`` is the logits' dtype: float16 (half the bytes) or float32 (full layout only: for a
+        teacher whose logits exceed float16's range, 65504).
+        """
         path = str(path)
         if num_samples <= 0:
             raise StoreError("cannot create a store for an empty dataset (0 samples)")
         if layout not in LAYOUTS:
             raise StoreError(f"unknown store layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+        if dtype not in DTYPES or (layout == "top_k" and dtype != "float16"):
+            raise StoreError(f"store dtype {dtype!r} is not one of {', '.join(DTYPES)} (top_k stores: float16 only)")
         if layout == "top_k" and not 0 < top_k <= num_classes:
             raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
         try:
@@ -80,7 +88,7 @@ class SoftLabelStore(StoreReads):
         chunk_samples = max(1, min(chunk_samples, num_samples))
         zstd = ZstdCodec(level=3, checksum=True)
         if layout == "full":
-            group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype="float16",
+            group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype=dtype,
                                chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
         else:
             group.create_array("topk_values", shape=(num_samples, num_views, top_k), dtype="float16",
@@ -99,7 +107,7 @@ class SoftLabelStore(StoreReads):
         group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
         group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",
                             "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
-                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": "float16",
+                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": dtype,
                             "layout": layout, "top_k": top_k if layout == "top_k" else None})
         _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
                         "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
@@ -172,15 +180,23 @@ class SoftLabelStore(StoreReads):
     def write_chunk(self, chunk: ChunkRef, logits: np.ndarray, params: np.ndarray) -> None:
         """Write one chunk's logits (compressed for top_k) and params, then its completion record last."""
         lg = np.asarray(logits, dtype=np.float32)
+        where = f"samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}"
         if not np.isfinite(lg).all():
-            raise StoreError(f"teacher produced non-finite logits in samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}")
+            raise StoreError(f"teacher produced non-finite logits in {where}")
         rows = slice(chunk.start, chunk.stop)
         if self.layout == "full":
-            data = [lg.astype(np.float16)]
-            self.group["logits"][rows, chunk.view, :] = data[0]
+            with np.errstate(over="ignore"):  # an overflow is reported just below
+                data = [lg.astype(self.group["logits"].dtype)]
         else:
             c = compress(lg, int(self.group.attrs["top_k"]))
             data = [c["values"], c["indices"], c["tail_lse"]]
+        if not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):  # checked after the cast
+            raise StoreError(f"teacher logits reach {float(np.abs(lg).max()):.4g} in {where}: beyond the store's "
+                             f"{data[0].dtype} (max {float(np.finfo(data[0].dtype).max):.6g}); set teacher.dtype=float32 "
+                             "(full layout) or fix the teacher, whose logits this large mean it diverged")
+        if self.layout == "full":
+            self.group["logits"][rows, chunk.view, :] = data[0]
+        else:
             self.group["topk_values"][rows, chunk.view, :] = c["values"]
             self.group["topk_indices"][rows, chunk.view, :] = c["indices"]
             self.group["tail_logsumexp"][rows, chunk.view] = c["tail_lse"]
@@ -227,20 +243,36 @@ class SoftLabelStore(StoreReads):
 
     def verify(self) -> list[str]:
         """Recompute every written chunk's crc; return a description of each problem found."""
-        problems: list[str] = []
+        return [problem for _, problem in self._check_all()]
+
+    def _check_all(self) -> list[tuple[ChunkRef, str]]:
+        problems: list[tuple[ChunkRef, str]] = []
         crc = self.group["chunk_crc"][:]
         for c in self.chunks():
+            name = f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}"
             if crc[c.block, c.view] < 0:
-                problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: not written")
+                problems.append((c, f"{name}: not written"))
                 continue
             try:
                 data = self._chunk_data(c)
             except Exception as exc:  # a corrupt chunk fails to decode
-                problems.append(f"chunk (block {c.block}, view {c.view}): unreadable ({type(exc).__name__}: {exc})")
+                problems.append((c, f"{name}: unreadable ({type(exc).__name__}: {exc})"))
                 continue
             if _crc(*data) != crc[c.block, c.view]:
-                problems.append(f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}: checksum mismatch")
+                problems.append((c, f"{name}: checksum mismatch"))
+            elif not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):
+                problems.append((c, f"{name}: non-finite logits"))
         return problems
+
+    def invalidate_failing(self) -> int:
+        """Un-record every written chunk that fails verification and mark the store partial; how many."""
+        crc = self.group["chunk_crc"]
+        bad = [c for c, problem in self._check_all() if not problem.endswith("not written")]
+        for c in bad:
+            crc[c.block, c.view] = -1
+        if bad:
+            self.group.attrs.update({"status": "partial"})
+        return len(bad)
 
 
 def _write_parquet(columns: dict[str, np.ndarray], url: str) -> None:

@@ -91,3 +91,15 @@ def test_cache_cost_bench_pairs_store_runs_with_online_runs(fmnist_dir, tmp_path
         assert rows[key]["stage1_s"] > 0 and rows[key]["stage1_fraction"] > 0
     assert (tmp_path / "cc" / "cache_cost.png").exists()
     assert "| store, K = 2 | 2 |" in table
+
+
+def test_store_scale_bench_uses_the_stores_view_param_width():
+    """The bench hard-codes the width to stay DALI-free; it must follow pipeline.views."""
+    import importlib.util
+
+    from pipeline.views import PARAM_DIM
+
+    spec = importlib.util.spec_from_file_location("store_scale", Path(__file__).resolve().parent.parent / "bench" / "store_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.PARAM_DIM == PARAM_DIM

@@ -297,4 +297,21 @@ def test_all_ranks_stop_at_the_same_step() -> None:
         p.join(120)
     got = dict(results.get(timeout=5) for _ in procs)
     assert got[1].startswith("training diverged at epoch 1/1, step 2/3 (loss nan)"), got
-    assert got[0].startswith("training diverged at epoch 1/1, step 2/3 (loss not finite on 1 of 2 processes)"), got
+    assert got[0].startswith("training diverged at epoch 1/1, step 2/3 (loss not finite or exploded on 1 of 2 processes)"), got
+
+
+def test_an_exploding_finite_loss_stops_the_run(fmnist_dir, tmp_path):
+    """``optim.lr=1e30`` trained to a finite loss of 1.8e31 and exited 0; now it stops at step 2 like a nan."""
+    import yaml
+
+    from tests.cli_run import fails
+
+    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 300, "test_limit": 100},
+           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0}, "model": {"name": "fmnist_linear"},
+           "optim": {"epochs": 2, "batch_size": 100, "eval_batch_size": 100, "lr": 1.0e+30},
+           "run": {"output": str(tmp_path / "run")}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    msg = fails(["train-teacher", str(path)], "training diverged at epoch 1/2, step 2/3 (loss ")
+    assert "over 10000 x the first step's" in msg and "lower optim.lr" in msg
+    assert not (tmp_path / "run" / "result.json").exists()

@@ -33,16 +33,17 @@ def test_preact_registered() -> None:
 @pytest.mark.parametrize(
     "name,count",
     [
-        # 11,171,146 is the widely used CIFAR PreActResNet18 without a final BN; ours adds the
-        # final BN-ReLU before pooling (BatchNorm2d(512): 1,024 affine parameters).
-        ("preact_resnet18", 11_171_146 + 1024),
-        ("preact_resnet34", 21_280_330),  # measured
+        # 11,171,146 is the widely used CIFAR PreActResNet18 (no stem BN, no final BN); upstream Sel-CL's
+        # (noisy_labels_learning/utils_sel/models/preact_resnet.py) adds the stem BatchNorm2d(64): 128 affine
+        # parameters. Its contrastive projection ``head`` is not part of the backbone.
+        ("preact_resnet18", 11_171_146 + 128),
+        ("preact_resnet34", 21_279_434),  # upstream PreActResNet34 without ``head``, measured
     ],
 )
 def test_preact_param_count_and_shapes(name: str, count: int) -> None:
     model = timm.create_model(name, num_classes=10).eval()
     assert _n_params(model) == count
-    assert _n_params(model) - _n_params(model.bn) == count - 1024
+    assert _n_params(model) - _n_params(model.bn1) == count - 128
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         fmap = model.forward_features(x)

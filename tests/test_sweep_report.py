@@ -62,6 +62,33 @@ def test_sweep_runs_the_grid_once_then_skips_and_resumes(setup):
     assert (sweep_dir / names[1] / "result.json").exists()
 
 
+def test_rerun_with_another_base_setting_is_refused(setup):
+    """A finished sweep rerun with ``--set optim.lr=0.5`` used to say "done" and rewrite sweep.json with lr 0.5."""
+    out, cfg = setup
+    sweep_dir = out / "sw_lr"
+    args = ["sweep", str(cfg), "--grid", "objective.name=kd,kd", "--seeds", "0", "--output", str(sweep_dir)]
+    _ok(args)
+    assert [r["name"] for r in json.loads((sweep_dir / "sweep.json").read_text())["runs"]] == ["name=kd__seed=0"]
+    manifest = (sweep_dir / "sweep.json").read_text()
+    res = runner.invoke(app, [*args, "--set", "optim.lr=0.5"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "run name=kd__seed=0 was made with optim.lr=0.05 but this command gives 0.5" in " ".join(res.output.split())
+    assert (sweep_dir / "sweep.json").read_text() == manifest  # nothing rewritten
+
+
+def test_parallel_sweep_resolves_relative_paths_where_the_user_is(setup, tmp_path, monkeypatch):
+    """``--output mysweep`` and a relative config land under the caller's directory, for every worker."""
+    out, cfg = setup
+    (tmp_path / "cfgs").mkdir()
+    shutil.copy(cfg, tmp_path / "cfgs" / "c.yaml")
+    monkeypatch.chdir(tmp_path)
+    _ok(["sweep", "cfgs/c.yaml", "--grid", "objective.name=kd", "--seeds", "0,1", "--parallel", "2",
+         "--output", "mysweep"])
+    assert sorted(p.name for p in (tmp_path / "mysweep").iterdir() if p.is_dir()) == ["name=kd__seed=0",
+                                                                                       "name=kd__seed=1"]
+    assert all((tmp_path / "mysweep" / n / "result.json").exists() for n in ("name=kd__seed=0", "name=kd__seed=1"))
+
+
 def test_parallel_sweep_uses_processes(setup):
     out, cfg = setup
     sweep_dir = out / "par"

@@ -30,7 +30,7 @@ def test_pad_crop_offsets_and_flip_cover_their_range():
 def test_fixed_view_is_view_zero():
     pol = ViewPolicy("random_resized_crop", num_views=2, crop_pct=0.875)
     p = sample_params(pol, np.arange(3), 0, (64, 32))
-    np.testing.assert_allclose(p[0], [(1 - 0.4375) / 2, 0.0625, 0.4375, 0.875, 0.0], atol=1e-6)
+    np.testing.assert_allclose(p[0], [(1 - 0.4375) / 2, 0.0625, 0.4375, 0.875, 0.0, 0.0], atol=1e-6)
 
 
 def test_random_resized_crop_boxes_inside_image_with_scale_and_ratio():

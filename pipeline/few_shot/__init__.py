@@ -21,7 +21,9 @@ as the pipeline's configs: an unknown key is an error listing its section's vali
 
 Modules: ``config`` (:class:`FewShotConfig`, :func:`load_few_shot_config`), ``episodes`` (episode
 sampling, prototypes, cosine logits, 95% CIs, :func:`evaluate_episodes`), ``data`` (what both commands
-share: split, encoder loading, fixed-view embedding), ``evaluation`` (step 3) and ``meta`` (step 2).
+share: split, encoder loading, fixed-view embedding), ``evaluation`` (step 3), ``meta`` (step 2) and
+``ghost_bn`` (:func:`ghost_batch_norm`: the paper's per-GPU DataParallel BatchNorm batch on one device, for
+``model.bn_batch`` of the classifier stage and ``meta.bn_episodes``).
 The names below are the package's public surface.
 """
 from __future__ import annotations
@@ -30,11 +32,12 @@ from pipeline.few_shot.config import FewShotConfig, load_few_shot_config
 from pipeline.few_shot.episodes import (cosine_logits, episode_sampler, evaluate_episodes, mean_confidence_interval,
                                         prototypes, sample_episode)
 from pipeline.few_shot.evaluation import evaluate
+from pipeline.few_shot.ghost_bn import ghost_batch_norm
 from pipeline.few_shot.meta import EpisodeLayout, MetaTrainer, epoch_batches, meta_train
 
 __all__ = [
     "FewShotConfig", "load_few_shot_config",
     "cosine_logits", "episode_sampler", "evaluate_episodes", "mean_confidence_interval", "prototypes", "sample_episode",
-    "evaluate",
+    "evaluate", "ghost_batch_norm",
     "EpisodeLayout", "MetaTrainer", "epoch_batches", "meta_train",
 ]

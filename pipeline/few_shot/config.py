@@ -57,6 +57,10 @@ class MetaConfig:
 
     ``objective``: none (plain Meta-Baseline, query CE only), kd or adaptconf (the arguments of
     ``pipeline.objectives.build_objective``; ``warmup_rate``/``warmup_style`` are AdaptConf's beta warm-up).
+    ``bn_episodes`` (0 = off: BN over the whole batch): the student encoder's training-mode BatchNorm
+    statistics are computed over consecutive groups of this many episodes (ghost batches,
+    ``pipeline.few_shot.ghost_bn``), as ``nn.DataParallel`` splits a batch's episodes over GPUs
+    (the paper: 4 episodes on 2 GPUs, so 2).
     """
 
     epochs: int = 20
@@ -75,6 +79,7 @@ class MetaConfig:
     warmup_style: str = "few_shot"
     kd_weight: float = 1.0
     gt_weight: float = 1.0
+    bn_episodes: int = 0
 
 
 @dataclass

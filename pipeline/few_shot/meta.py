@@ -18,9 +18,10 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from pipeline.checkpoint import CheckpointError, load_state_strict, save_model
-from pipeline.few_shot.config import FewShotConfig, _check_meta, _save_config
+from pipeline.few_shot.config import FewShotConfig, _check_meta
 from pipeline.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.few_shot.episodes import cosine_logits, prototypes, sample_episode
+from pipeline.few_shot.ghost_bn import set_bn_batch
 from pipeline.objectives import Objective, build_objective
 from pipeline.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.runtime import RunError, setup, stderr_console
@@ -116,6 +117,8 @@ class MetaTrainer(Task):
         self.layout = EpisodeLayout(m.episodes_per_batch, m.n_way, m.k_shot, m.n_query)
         self.model, self.meta, self.encoder_sha = _load_encoder(cfg.encoder.checkpoint, "encoder", self.source,
                                                                 self.device)
+        # the paper's 2-GPU DataParallel BN statistic: ghost batches of whole episodes (ghost_bn)
+        set_bn_batch(self.model, m.bn_episodes * self.layout.per_episode, "meta.bn_episodes")
         self.head = CosinePrototypeHead().to(self.device)
         self.objective: Objective = build_objective(
             "vanilla" if m.objective == "none" else m.objective, kd_temperature=m.kd_temperature,
@@ -134,9 +137,6 @@ class MetaTrainer(Task):
         self.optimizer = torch.optim.SGD(list(self.model.parameters()) + list(self.head.parameters()), lr=m.lr,
                                          momentum=m.momentum, weight_decay=m.weight_decay)
         self.labels = self.layout.query_labels(self.device)
-
-    def save_config(self, directory: Path) -> None:
-        _save_config(self.cfg, directory)
 
     def modules(self) -> list[nn.Module]:
         return [self.model, self.head]
@@ -204,7 +204,8 @@ class MetaTrainer(Task):
         return {
             "role": "meta", "objective": m.objective, "model": self.meta["model"], "epochs": m.epochs,
             "episodes": m.epochs * m.batches_per_epoch * m.episodes_per_batch, "n_way": m.n_way, "k_shot": m.k_shot,
-            "n_query": m.n_query, "train_acc": last["train_acc"], "train_agreement": last.get("train_agreement"),
+            "n_query": m.n_query, "bn_episodes": m.bn_episodes, "train_acc": last["train_acc"],
+            "train_agreement": last.get("train_agreement"),
             "cosine_scale": scale, "encoder_sha256": self.encoder_sha, "teacher_sha256": self.teacher_sha,
             "train_samples": len(self.source), "train_classes": self.source.num_classes,
         }
@@ -219,10 +220,12 @@ def meta_train(cfg: FewShotConfig, resume: bool = False, console: Console | None
     """Meta-Baseline fine-tuning of ``encoder.checkpoint`` on episodes of ``data.train_split`` (base classes).
 
     Each step embeds ``meta.episodes_per_batch`` episodes (support then queries, one forward in
-    train mode); the student's logits are its learnable-scale cosine similarities to the support
-    prototypes, the teacher's (``meta.objective`` kd/adaptconf) the same with its own encoder and a
-    fixed scale 10. Loss: ``build_objective(...)(student, teacher, query labels, epoch, epochs)``,
-    i.e. ``gt_weight * CE + kd_weight * (KD | AdaptConf)``. Every epoch ends with an atomic
+    train mode; with ``meta.bn_episodes`` its BatchNorm statistics are per group of that many episodes,
+    as the paper's 2-GPU DataParallel computes them: ``pipeline.few_shot.ghost_bn``); the student's
+    logits are its learnable-scale cosine similarities to the support prototypes, the teacher's
+    (``meta.objective`` kd/adaptconf) the same with its own encoder and a fixed scale 10. Loss:
+    ``build_objective(...)(student, teacher, query labels, epoch, epochs)``, i.e.
+    ``gt_weight * CE + kd_weight * (KD | AdaptConf)``. Every epoch ends with an atomic
     checkpoint (``--resume`` continues to the same result); the end writes ``model.safetensors``
     + ``model.json`` (loadable by :func:`evaluate` and ``load_model``) and ``result.json``.
     """

@@ -1,15 +1,20 @@
-"""Pre-activation ResNet-18/34 for 32x32 inputs (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+"""Pre-activation ResNet-18/34 for 32x32 inputs, laid out exactly as upstream Sel-CL's ``PreActResNet18/34``.
 
-CIFAR layout: a 3x3 stride-1 stem conv with 64 channels and no max-pool, four stages of
-pre-activation basic blocks (64-128-256-512 channels, strides 1-2-2-2), a final BN-ReLU
-(the last block's output is not yet normalized in a pre-activation network), global
-average pooling and a linear head. Registered into timm so ``timm.create_model`` builds them.
+Upstream: ggjy/vision_weak_to_strong ``noisy_labels_learning/utils_sel/models/preact_resnet.py`` (the
+same file as ShikunLi/Sel-CL ``utils/models/preact_resnet.py``), the networks of the paper's noisy-label
+experiments. Stem ``conv1`` (3x3, stride 1, 64 channels, no max-pool) -> ``bn1`` -> ReLU, four stages of
+pre-activation blocks (64-128-256-512 channels, strides 1-2-2-2), global average pooling with no final BN,
+and the classifier ``linear2``. Module, parameter and buffer names match upstream, so an upstream
+state dict loads once its contrastive projection ``head.*`` is split off (this project keeps that
+projection outside the backbone, in Sel-CL's ``SelCLNet.projection``). Registered into timm so
+``timm.create_model`` builds them.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
@@ -31,7 +36,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "mean": CIFAR10_MEAN,
         "std": CIFAR10_STD,
         "first_conv": "conv1",
-        "classifier": "fc",
+        "classifier": "linear2",
         **kwargs,
     }
 
@@ -44,10 +49,10 @@ default_cfgs = generate_default_cfgs({
 
 
 class PreActBlock(nn.Module):
-    """Basic pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus identity or 1x1-conv shortcut.
+    """Upstream ``PreActBlock``: BN-ReLU, then conv3x3-BN-ReLU-conv3x3 plus a shortcut of the activated input.
 
-    The projection shortcut (used when stride or width changes) reads the pre-activated input,
-    as in the original pre-activation design, and carries no BN of its own.
+    As upstream, the shortcut always reads ``relu(bn1(x))``: an empty ``nn.Sequential`` (identity) when
+    stride and width are kept, else ``nn.Sequential(conv1x1)`` with no BN (state-dict key ``shortcut.0.weight``).
     """
 
     expansion = 1
@@ -58,20 +63,20 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
+        self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(x))
-        identity = self.shortcut(out) if self.shortcut is not None else x
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out)
         out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
-        return out + identity
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
 
 
 class PreActResNet(nn.Module):
-    """Pre-activation ResNet for small images with timm's classifier/feature interface."""
+    """Upstream Sel-CL ``ResNet`` with ``PreActBlock`` (without its projection ``head``), with timm's interface."""
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class PreActResNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         in_planes = widths[0]
         stages: list[nn.Module] = []
         for i, (depth, planes) in enumerate(zip(layers, widths)):
@@ -94,14 +100,12 @@ class PreActResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.bn = nn.BatchNorm2d(in_planes)  # final BN-ReLU before pooling
         self.num_features = in_planes
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc: nn.Module = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
+        self.linear2: nn.Module = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Kaiming-normal convs (fan-out, ReLU), unit/zero BN, default PyTorch init for the head."""
+        """Upstream's init: Kaiming-normal convs (fan-out, ReLU), unit/zero BN, default PyTorch init for the head."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,26 +114,25 @@ class PreActResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def get_classifier(self) -> nn.Module:
-        """Return the classification head (``nn.Identity`` when ``num_classes == 0``)."""
-        return self.fc
+        """Return the classification head ``linear2`` (``nn.Identity`` when ``num_classes == 0``)."""
+        return self.linear2
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a fresh one for ``num_classes`` (0 removes it); pooling is fixed to average."""
         if global_pool not in (None, "", "avg"):
             raise ValueError(f"PreActResNet only supports average pooling, got global_pool={global_pool!r}")
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.linear2 = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Unpooled feature map ``[B, 512, H/8, W/8]`` after the final BN-ReLU."""
-        x = self.conv1(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.relu(self.bn(x))
+        """Unpooled feature map ``[B, 512, H/8, W/8]``: stem conv-BN-ReLU and the four stages, no final BN."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average-pool the feature map; return pooled features if ``pre_logits`` else logits."""
-        x = self.global_pool(x).flatten(1)
-        return x if pre_logits else self.fc(x)
+        """Average-pool the feature map; return pooled features (upstream ``feat_classifier``) if ``pre_logits`` else logits."""
+        x = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+        return x if pre_logits else self.linear2(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -156,11 +159,11 @@ def _create(name: str, layers: tuple[int, int, int, int], pretrained: bool, **kw
 
 @register_model
 def preact_resnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
-    """PreAct-ResNet18 (CIFAR stem), blocks [2, 2, 2, 2]."""
+    """PreAct-ResNet18 (upstream Sel-CL ``PreActResNet18``), blocks [2, 2, 2, 2]."""
     return _create("preact_resnet18", (2, 2, 2, 2), pretrained, **kwargs)
 
 
 @register_model
 def preact_resnet34(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
-    """PreAct-ResNet34 (CIFAR stem), blocks [3, 4, 6, 3]."""
+    """PreAct-ResNet34 (upstream ggjy ``PreActResNet34``; ShikunLi/Sel-CL's copy defines only PR18), blocks [3, 4, 6, 3]."""
     return _create("preact_resnet34", (3, 4, 6, 3), pretrained, **kwargs)

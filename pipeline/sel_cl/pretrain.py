@@ -26,7 +26,7 @@ from timm.scheduler import MultiStepLRScheduler
 from torch import Tensor, nn
 
 from pipeline.checkpoint import CheckpointError, atomic_write, load_state_strict, save_model
-from pipeline.config import Config, save_config
+from pipeline.config import Config
 from pipeline.loader import epoch_order
 from pipeline.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.runtime import RunError, setup, stderr_console
@@ -152,9 +152,6 @@ class SelCLTrainer(Task):
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay)
         self.scheduler = build_schedule(self.optimizer, cfg, self.steps_per_epoch)
-
-    def save_config(self, directory: Path) -> None:
-        save_config(self.cfg, directory / "config.yaml")
 
     def modules(self) -> list[nn.Module]:
         return [self.net, self.mem.key]
