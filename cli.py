@@ -29,9 +29,18 @@ def main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on e
     _state["debug"] = debug
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn the project's user-facing errors into one line and exit code 2."""
-    from pipeline.checkpoint import CheckpointError
+RESUME_HINT = "rerun with --resume"
+RERUN_HINT = "rerun the same command"
+
+
+def _guard(fn: Callable[[], T], again: str | None = None) -> T:
+    """Run ``fn``; turn the project's user-facing errors into one line and exit code 2 (docs/stages.md).
+
+    ``again`` says how this command continues where it stopped (after Ctrl-C, exit 130, or a full
+    disk), if it can. EOFError (a truncated file) and MemoryError are caught here too: click would print a bare
+    "Aborted." for the first, and the second is a size the checks before any work did not foresee.
+    """
+    from pipeline.checkpoint import NO_SPACE, CheckpointError
     from pipeline.config import ConfigError
     from pipeline.runtime import RunError
     from pipeline.sources.base import DataError
@@ -43,10 +52,20 @@ def _guard(fn: Callable[[], T]) -> T:
         if _state["debug"]:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            msg = (f"no space left on device ({exc.strerror}) writing {exc.filename or 'a file'}; free space, then "
+                   + (f"{again} to continue" if again else "rerun"))
         console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except (EOFError, MemoryError) as exc:
+        if _state["debug"]:
+            raise
+        what = "a file ended early (truncated?)" if isinstance(exc, EOFError) else "out of memory"
+        console.print(f"[red]error:[/red] {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                      "rerun with --debug to see where", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted; rerun with --resume to continue")
+        console.print(f"interrupted; {again} to continue" if again else "interrupted", highlight=False)
         raise typer.Exit(130)
 
 
@@ -83,7 +102,7 @@ def train_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         extra = ["run.deterministic=true"] if deterministic else []
         result = train(_load(config, (set_ or []) + extra), role="teacher", resume=resume, console=console)
         typer.echo(json.dumps(result))
-    _guard(go)
+    _guard(go, RESUME_HINT)
 
 
 @app.command("sel-cl")
@@ -97,7 +116,7 @@ def sel_cl(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         extra = ["run.deterministic=true"] if deterministic else []
         result = pretrain(_load(config, (set_ or []) + extra), resume=resume, console=console)
         typer.echo(json.dumps(result))
-    _guard(go)
+    _guard(go, RESUME_HINT)
 
 
 @app.command("infer-teacher")
@@ -109,7 +128,7 @@ def infer_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         from pipeline.infer_teacher import infer
 
         typer.echo(json.dumps(infer(_load(config, set_), console=console, repair=repair)))
-    _guard(go)
+    _guard(go, RERUN_HINT)
 
 
 @app.command("train-student")
@@ -125,7 +144,7 @@ def train_student(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         extra = ([f"teacher.mode={teacher_mode}"] if teacher_mode else []) + (["run.deterministic=true"] if deterministic else [])
         cfg = _load(config, (set_ or []) + extra)
         typer.echo(json.dumps(train(cfg, role="student", resume=resume, console=console)))
-    _guard(go)
+    _guard(go, RESUME_HINT)
 
 
 @app.command("sweep")
@@ -141,7 +160,7 @@ def sweep_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         out = output or Path("runs") / f"sweep-{config.stem}"
         sweep(config, grid, list(_seeds(seeds)), set_ or [], out, parallel, console=console)
         typer.echo(f"sweep finished: w2s report {out}")
-    _guard(go)
+    _guard(go, RERUN_HINT)
 
 
 @app.command("report")
@@ -189,7 +208,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
 
         run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
                  console=console)
-    _guard(go)
+    _guard(go, RERUN_HINT)
 
 
 @app.command("noisy-demo")
@@ -202,7 +221,7 @@ def noisy_demo(output: Path = typer.Option(Path("runs/noisy_demo"), "--output", 
 
         print(run_noisy_demo(output, seeds=_seeds(seeds), data_dir=str(data_dir) if data_dir else None,
                              console=console))
-    _guard(go)
+    _guard(go, RERUN_HINT)
 
 
 # -- few-shot scenario (pipeline/few_shot/, configs/few_shot/) -------------------------------------
@@ -230,7 +249,7 @@ def few_shot_meta(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         from pipeline.few_shot import load_few_shot_config, meta_train
 
         typer.echo(json.dumps(meta_train(load_few_shot_config(config, set_ or []), resume=resume, console=console)))
-    _guard(go)
+    _guard(go, RESUME_HINT)
 
 
 if __name__ == "__main__":

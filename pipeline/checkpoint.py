@@ -3,22 +3,28 @@
 A model directory written by ``w2s train-teacher`` holds ``model.safetensors`` and ``model.json``
 (timm name, kwargs, classes, channels, normalization, input size), which is all stage 1 needs
 to rebuild the teacher. Every file is written to a temporary name and renamed into place, so a
-crash never leaves a file that looks complete.
+crash never leaves a file that looks complete. Both are checked when read back (the description
+against ``pipeline.models.record``'s schema, the weights for damage), and a model is rebuilt
+without ever loading weights from, reading a path or reaching a host named in its description.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.models import create
+from pipeline.models import create_checked
+from pipeline.models.record import validate_record
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 
@@ -43,10 +49,35 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the mode any other tool would give it
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        failure = _write_failure(exc, path) if isinstance(exc, Exception) else None
+        if failure is not None and failure is not exc:
+            raise failure from exc
         raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
+
+
+def _write_failure(exc: Exception, path: Path) -> OSError | None:
+    """``exc`` as an OSError naming ``path`` when it is a failed write, else None.
+
+    torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), safetensors as its own
+    error ("os error 28"); both become ``OSError(ENOSPC, ..., path)`` so the CLI can say what to do.
+    """
+    if isinstance(exc, OSError):
+        return exc if exc.filename else OSError(exc.errno, exc.strerror or str(exc), str(path))
+    text = str(exc)
+    if "os error 28" in text or "unexpected pos" in text or "file write failed" in text:
+        try:
+            full = "os error 28" in text or shutil.disk_usage(path.parent).free < (1 << 20)
+        except OSError:
+            full = False
+        return OSError(errno.ENOSPC if full else errno.EIO,
+                       "No space left on device" if full else f"write failed ({text.splitlines()[0][:80]})", str(path))
+    return None
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -107,10 +138,36 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
     """Rebuild a model saved by :func:`save_model`: (model in eval mode, description, weights sha256)."""
     weights, meta_path = resolve_model_path(path)
-    meta = json.loads(meta_path.read_text())
-    model = create(meta["model"], meta["num_classes"], meta["in_chans"], **meta.get("kwargs", {}))
-    load_state_strict(model, load_file(str(weights)), str(weights))
+    meta = read_record(meta_path)
+    try:
+        model = create_checked(meta["model"], meta["num_classes"], meta["in_chans"], meta.get("kwargs", {}),
+                               f"{meta_path}: kwargs")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    load_state_strict(model, read_weights(weights), str(weights))
     return model.eval(), meta, file_sha256(weights)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A model description (``model.json``), checked against the schema; CheckpointError names the file and key."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); retrain with `w2s train-teacher` or point "
+                              "teacher.checkpoint at a good one") from None
+    try:
+        return validate_record(record)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a damaged one is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is damaged or truncated ({exc}); retrain with `w2s train-teacher` or point "
+                              "teacher.checkpoint at a good one") from None
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:

@@ -330,7 +330,9 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
+    except RecursionError:
+        raise ConfigError(f"--set {key}: nested too deeply to be a config value") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({' '.join(str(exc).split())[:120]})") from exc
     if "#" in raw and "#" not in yaml.safe_dump(value):
@@ -360,6 +362,43 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_YAML_NODES = 100_000  # a config of this project has a few hundred; more is an alias ("billion laughs") bomb
+
+
+class _BoundedLoader(_UniqueKeyLoader):
+    """Refuses a document whose aliases expand to more than :data:`MAX_YAML_NODES` nodes.
+
+    PyYAML shares an aliased node instead of copying it, so a 1 KB document of nested anchors loads
+    quickly and then hangs whatever walks it; the expanded size is counted on the node graph (each
+    node once, memoized) before anything is constructed."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to {size:.3g} values (at most {MAX_YAML_NODES:,}): "
+                "an alias bomb, or a config far larger than any this tool reads", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """The number of nodes ``node`` stands for once every alias is copied out."""
+    if id(node) not in memo:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config text: safe tags only, no duplicate keys, bounded expanded size."""
+    return yaml.load(text, Loader=_BoundedLoader)
+
+
 BASE_KEY = "_base_"
 
 
@@ -382,11 +421,13 @@ def read_config_file(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str
     if p.resolve() in chain:
         raise ConfigError(f"{p}: _base_ chain loops back to a file it came from ({' -> '.join(map(str, chain))})")
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"{p}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections")
     base = data.pop(BASE_KEY, None)

@@ -25,6 +25,7 @@ from rich.progress import (
 from pipeline.config import Config, TeacherConfig
 from pipeline.loader import ViewReplayer, crop_size_for, stream
 from pipeline.pretrained import load_teacher
+from pipeline.resource_checks import check_batch, check_store_size
 from pipeline.runtime import RunError, barrier, main_lock, setup, stderr_console
 from pipeline.sources.base import Source
 from pipeline.sel_cl.selected import keep_selected
@@ -57,15 +58,19 @@ def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> 
                       f"{100 * source.noise_rate:.2f}% of the stored labels differ from the clean ones")
     policy = view_policy(cfg)
     spec = teacher_spec(source, fed_teacher_meta(cfg, source, meta))
+    check_batch("teacher.batch_size", tc.batch_size, source.channels, max(spec.size), len(source))
+    if not SoftLabelStore.exists(tc.store):
+        check_store_size(tc.store, len(source), policy.total_views, meta["num_classes"], tc.chunk_samples,
+                         2 if tc.dtype == "float16" else 4, PARAM_DIM, cfg.views.num_views)
     attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],
                          "checkpoint": str(tc.checkpoint), "mean": list(spec.mean), "std": list(spec.std),
                          "input_size": spec.size[0]},
              "dataset": dataset_record(source), "view_policy": policy.describe(),
              "output_size": list(spec.size)}
     path = tc.store
-    with main_lock(_lock_dir(path)):
+    with main_lock(store_lock_dir(path)):
         if info.is_main:
-            store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs)
+            store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs, console)
             if repair:
                 bad = store.invalidate_failing()
                 console.print(f"store {path}: {bad} chunks failed verification" + ("; recomputing them" if bad else ""))
@@ -112,7 +117,7 @@ def chunk_logits(teacher: torch.nn.Module, source: Source, replayer: ViewReplaye
     return logits, params
 
 
-def _lock_dir(store: str) -> Path:
+def store_lock_dir(store: str) -> Path:
     """Where the stage-1 lock lives: beside a local store (``.<name>/.lock``); URLs are not locked."""
     if "://" in store and not store.startswith("file://"):
         return Path(tempfile.gettempdir(), "w2s-locks", store.replace("/", "_"))
@@ -127,8 +132,11 @@ def view_accuracy(store: SoftLabelStore) -> list[float]:
 
 
 def _open_or_create(path: str, labels: np.ndarray, views: int, classes: int, tc: TeacherConfig,
-                    attrs: dict[str, Any]) -> SoftLabelStore:
-    """Resume a matching store (complete or partial); refuse one made from other inputs."""
+                    attrs: dict[str, Any], console: Console) -> SoftLabelStore:
+    """Resume a matching store (complete or partial); recreate one whose creation was interrupted;
+    refuse one made from other inputs."""
+    if SoftLabelStore.discard_unfinished(path):
+        console.print(f"store {path} was interrupted while being created; creating it anew")
     if SoftLabelStore.exists(path):
         store = SoftLabelStore.open(path, mode="r+")
         expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}

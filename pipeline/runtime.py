@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
+from pipeline.resource_checks import check_threads
+
 
 def stderr_console() -> Console:
     """The console for progress and epoch lines, on stderr; off a terminal (logs, CI) lines never wrap."""
@@ -55,6 +57,7 @@ def setup(device: str, num_threads: int, seed: int, deterministic: bool = False)
     else:
         raise RunError(f"run.device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if num_threads > 0:
+        check_threads(num_threads)
         torch.set_num_threads(num_threads)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -87,8 +90,14 @@ def all_reduce_sum(values: list[float], device: torch.device, info: Dist) -> lis
     return t.tolist()
 
 
+class RunBusy(RunError):
+    """The directory is locked by another live process (not a failure of this run: it is running elsewhere)."""
+
+
 class RunLock:
-    """An exclusive ``flock`` on ``<dir>/.lock`` so two runs never write one directory at once."""
+    """An exclusive ``flock`` on ``<dir>/.lock`` so two runs never write one directory at once.
+
+    The kernel drops a ``flock`` when its process dies, so a lock is only ever held by a live process."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / ".lock"
@@ -101,8 +110,22 @@ class RunLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self.handle.close()
-            raise RunError(f"{self.path.parent} is in use by another run (lock {self.path})") from exc
+            raise RunBusy(f"{self.path.parent} is in use by another run (lock {self.path})") from exc
         return self
+
+    @staticmethod
+    def is_held(directory: Path) -> bool:
+        """Whether a live process holds the lock of ``directory`` now."""
+        path = directory / ".lock"
+        if not path.exists():
+            return False
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:

@@ -1,13 +1,15 @@
 """``w2s sweep``: many student runs on one cached store, each in its own run directory.
 
 Every combination of the ``--grid`` values and ``--seeds`` becomes one run under the sweep
-directory, named after its settings. The store is made first (only if missing); finished runs
+directory, named after its settings. The store is made or finished first (only if it is not complete); finished runs
 are skipped and unfinished ones resumed, so the same command can be run again after a crash; a run
 whose ``config.yaml`` differs from what the command gives (another base config or ``--set``) is
 refused, naming the key, as ``--resume`` does. Workers run in the caller's working directory.
 With ``parallel > 1`` runs go to that many worker processes at a time (``python -m pipeline.sweep``,
 this module's entry point: one resumed student run). A run that fails (a diverging lr, say) does
-not stop the others; the sweep ends with an error naming the failures.
+not stop the others; the sweep ends with an error naming the failures. A run whose directory another
+live process holds (an identical sweep started twice, say) is "running elsewhere", not failed: the
+sweep waits for that process to let go, then resumes the run if it is not done.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +29,13 @@ import yaml
 from rich.console import Console
 
 from pipeline.checkpoint import write_json
-from pipeline.config import ConfigError, load_config, parse_override
+from pipeline.config import ConfigError, load_config, load_yaml, parse_override
 from pipeline.run_dir import first_difference
-from pipeline.runtime import RunError, stderr_console
+from pipeline.runtime import RunBusy, RunError, RunLock, stderr_console
 from store.soft_label_store import SoftLabelStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
+BUSY = 75  # a worker's exit code when another process holds its run directory (sysexits' EX_TEMPFAIL)
 RUN_ERRORS = (ConfigError, RunError, StoreError, ValueError, OSError)  # a run's own failure, not the sweep's
 
 
@@ -52,7 +56,7 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
             raise ConfigError(f"--grid {item!r} is not of the form key=v1,v2,...")
         key, raw = item.split("=", 1)
         try:
-            values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+            values = [load_yaml(v) for v in raw.split(",") if v.strip()]
         except yaml.YAMLError as exc:
             raise ConfigError(f"--grid {key}: {raw!r} holds a value that is not YAML ({' '.join(str(exc).split())[:120]})") from exc
         values = [v for i, v in enumerate(values) if v not in values[:i]]  # kd,kd is one run, not one run twice
@@ -96,6 +100,14 @@ def check_same_settings(out: Path, run: SweepRun, cfg: Any) -> None:
                        "rerun with the sweep's own settings, or choose another --output for a different sweep")
 
 
+def _store_complete(path: str) -> bool:
+    """Whether the store at ``path`` is complete (not missing, partial, or being written elsewhere)."""
+    try:
+        return SoftLabelStore.open(path).is_complete
+    except StoreError:
+        return False
+
+
 def _status(run_dir: Path) -> str:
     if (run_dir / "result.json").exists():
         return "done"
@@ -105,7 +117,7 @@ def _status(run_dir: Path) -> str:
 def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_overrides: list[str],
           output: str | Path, parallel: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Run the sweep; returns the manifest written to ``<output>/sweep.json``."""
-    from pipeline.infer_teacher import infer
+    from pipeline.infer_teacher import infer, store_lock_dir
     from pipeline.train_student import train
 
     console = console or stderr_console()
@@ -115,9 +127,14 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     for r in runs:  # validate every combination, and that finished runs hold these settings, before any work
         check_same_settings(out, r, load_config(config, base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]))
     base = load_config(config, base_overrides)
-    if base.teacher.mode == "store" and base.teacher.store and not SoftLabelStore.exists(base.teacher.store):
-        console.rule(f"store {base.teacher.store} is missing: running infer-teacher once")
-        infer(base, console=console)
+    if base.teacher.mode == "store" and base.teacher.store and not _store_complete(base.teacher.store):
+        console.rule(f"store {base.teacher.store} is missing or unfinished: running infer-teacher once")
+        try:
+            infer(base, console=console)
+        except RunBusy:  # another process is writing it: wait, then finish whatever it left
+            console.print(f"store {base.teacher.store} is being written by another process; waiting for it")
+            wait_until_free(store_lock_dir(base.teacher.store))
+            infer(base, console=console)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": str(config), "base_overrides": base_overrides, "grid": {k: v for k, v in grid},
                 "seeds": seeds, "runs": [{"name": r.name, "settings": dict(r.settings)} for r in runs]}
@@ -129,35 +146,58 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     def args_of(r: SweepRun) -> list[str]:
         return base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]
 
-    failed: list[str] = []
-    if parallel <= 1:
-        for i, r in enumerate(todo):
-            console.rule(f"[{i + 1}/{len(todo)}] {r.name}")
-            try:
-                train(load_config(config, args_of(r)), role="student", resume=True, console=console)
-            except RUN_ERRORS as exc:
-                console.print(f"FAILED {r.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                              highlight=False)
-                failed.append(r.name)
-    else:
-        def launch(r: SweepRun) -> tuple[str, int]:
-            log = out / r.name / "sweep.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pipeline.sweep", str(config), *args_of(r)]
-            with open(log, "w") as f:
-                # the user's working directory: relative paths (config, --output, data, store) mean what they
-                # mean to a sequential sweep
-                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=Path.cwd(),
-                                      env=_worker_env()).returncode
-            console.print(f"{'finished' if code == 0 else 'FAILED'} {r.name}" + ("" if code == 0 else f" (see {log})"))
-            return r.name, code
+    def run_here(r: SweepRun) -> str:
+        try:
+            train(load_config(config, args_of(r)), role="student", resume=True, console=console)
+        except RunBusy:
+            return "busy"
+        except RUN_ERRORS as exc:
+            console.print(f"FAILED {r.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                          highlight=False)
+            return "failed"
+        return "ok"
 
-        with ThreadPoolExecutor(parallel) as pool:
-            failed = [name for name, code in pool.map(launch, todo) if code != 0]
+    def launch(r: SweepRun) -> str:
+        log = out / r.name / "sweep.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pipeline.sweep", str(config), *args_of(r)]
+        with open(log, "a") as f:  # appended: another sweep's worker may be writing this run's log
+            # the user's working directory: relative paths (config, --output, data, store) mean what they
+            # mean to a sequential sweep
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=Path.cwd(), env=_worker_env()).returncode
+        outcome = "ok" if code == 0 else "busy" if code == BUSY else "failed"
+        console.print({"ok": "finished", "busy": "running elsewhere:", "failed": "FAILED"}[outcome] + f" {r.name}"
+                      + (f" (see {log})" if outcome == "failed" else ""))
+        return outcome
+
+    failed: list[str] = []
+    pending = todo
+    while pending:  # a run held by another live process (an identical sweep, say) is waited for, not failed
+        if parallel <= 1:
+            outcomes = []
+            for i, r in enumerate(pending):
+                console.rule(f"[{i + 1}/{len(pending)}] {r.name}")
+                outcomes.append(run_here(r))
+        else:
+            with ThreadPoolExecutor(parallel) as pool:
+                outcomes = list(pool.map(launch, pending))
+        failed += [r.name for r, o in zip(pending, outcomes) if o == "failed"]
+        busy = [r for r, o in zip(pending, outcomes) if o == "busy"]
+        if busy:
+            console.print(f"{len(busy)} runs are running in another process (first {busy[0].name}); waiting for them")
+            for r in busy:
+                wait_until_free(out / r.name)
+        pending = [r for r in busy if _status(out / r.name) != "done"]
     if failed:
         raise RunError(f"{len(failed)} of {len(todo)} sweep runs failed, first {failed[0]}; "
                        "rerun the command to retry them")
     return manifest
+
+
+def wait_until_free(directory: Path, poll_s: float = 1.0) -> None:
+    """Block while a live process holds ``directory``'s run lock."""
+    while RunLock.is_held(directory):
+        time.sleep(poll_s)
 
 
 def _worker_env() -> dict[str, str]:
@@ -168,12 +208,16 @@ def _worker_env() -> dict[str, str]:
 
 
 def _worker(argv: list[str]) -> int:
-    """``python -m pipeline.sweep CONFIG KEY=VALUE...``: one resumed student run; 2 on the run's own errors."""
+    """``python -m pipeline.sweep CONFIG KEY=VALUE...``: one resumed student run; 2 on the run's own errors,
+    :data:`BUSY` when another process holds its directory."""
     from pipeline.train_student import train
 
     console = stderr_console()
     try:
         result = train(load_config(argv[0], argv[1:]), role="student", resume=True, console=console)
+    except RunBusy as exc:
+        console.print(f"busy: {exc}", highlight=False)
+        return BUSY
     except RUN_ERRORS as exc:
         console.print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", highlight=False)
         return 2

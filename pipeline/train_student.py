@@ -23,6 +23,7 @@ from pipeline.checkpoint import CheckpointError, load_state_strict, save_model, 
 from pipeline.config import Config
 from pipeline.few_shot.ghost_bn import set_bn_batch
 from pipeline.objectives import Objective, build_objective
+from pipeline.resource_checks import check_batch
 from pipeline.run_loop import RunLoop, StepOut, Task
 from pipeline.runtime import RunError, setup, stderr_console
 from pipeline.sel_cl.selected import keep_selected
@@ -73,6 +74,10 @@ class Trainer(StudentData, StudentStep, Task):
             kept = keep_selected(splits.selection, cfg.noisy.selection)
             splits = Splits(kept, kept, None, splits.test)
         self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
+        side = max(*self.train_src.image_hw, cfg.model.input_size or 0)
+        for key, batch, src in (("optim.batch_size", cfg.optim.batch_size, self.train_src),
+                                ("optim.eval_batch_size", cfg.optim.eval_batch_size, self.test_src)):
+            check_batch(key, batch, self.train_src.channels, side, len(src))
         self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
         self.objective = self._objective()
         self.mix, self.augment = mix_config(cfg), student_augment(cfg)

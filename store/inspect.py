@@ -1,13 +1,14 @@
 """Human-readable store summary and integrity check (used by ``w2s inspect``)."""
 from __future__ import annotations
 
-from store.soft_label_store import SoftLabelStore
+from store.soft_label_store import SoftLabelStore, check_provenance
 
 
 def summarize(path: str) -> str:
     """A few lines: shape, status, teacher, dataset, view policy, accuracy per view."""
     s = SoftLabelStore.open(path)
     a = s.attrs
+    check_provenance(path, a)
     done = int(s.done_mask().sum())
     total = s.done_mask().size
     lines = [f"store {path}",

@@ -18,14 +18,20 @@ Stage 2 reads a whole view (:meth:`SoftLabelStore.read_view`) or only the rows o
 are decoded and checked, one at a time; ``pipeline/shard_reader.py`` builds on them).
 
 Group attributes hold the schema version, teacher, dataset and view-policy descriptions and
-``status`` ("partial" until :meth:`SoftLabelStore.finalize`). Only numpy, zarr and pyarrow are
-used here so that other tools can read a store without torch.
+``status``: "creating" from the first file written until every array and the manifest exist (an
+interrupted creation is recognized, :meth:`SoftLabelStore.discard_unfinished` removes it and the
+next ``infer-teacher`` creates it anew), then "partial" until :meth:`SoftLabelStore.finalize`, then
+"complete". :meth:`SoftLabelStore.open` checks every attribute it relies on, so an edited or damaged
+``zarr.json`` ends in one line naming the attribute. Only numpy, zarr, fsspec and pyarrow are used
+here so that other tools can read a store without torch.
 """
 from __future__ import annotations
 
+import errno
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +44,8 @@ from store.reads import StoreReads
 from store.topk import compress, index_dtype
 
 SCHEMA_VERSION = 1
+CREATING = "creating"
+STATUSES = (CREATING, "partial", "complete")
 DTYPES = ("float16", "float32")
 LAYOUTS = ("full", "top_k")
 
@@ -81,8 +89,18 @@ class SoftLabelStore(StoreReads):
             raise StoreError(f"store dtype {dtype!r} is not one of {', '.join(DTYPES)} (top_k stores: float16 only)")
         if layout == "top_k" and not 0 < top_k <= num_classes:
             raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
-        try:
-            group = zarr.open_group(path, mode="w-", zarr_format=3, storage_options=_storage_options(path))
+        with _space_for(path, "creating", "the unfinished store is removed and created anew"):
+            return cls._create(path, num_samples=num_samples, num_views=num_views, num_classes=num_classes,
+                               param_dim=param_dim, chunk_samples=chunk_samples, labels=labels, attrs=attrs,
+                               layout=layout, top_k=top_k, dtype=dtype)
+
+    @classmethod
+    def _create(cls, path: str, *, num_samples: int, num_views: int, num_classes: int, param_dim: int,
+                chunk_samples: int, labels: np.ndarray, attrs: dict[str, Any], layout: str, top_k: int,
+                dtype: str) -> "SoftLabelStore":
+        try:  # the first write is zarr.json saying "creating": a kill from here on leaves a recognizable store
+            group = zarr.open_group(path, mode="w-", zarr_format=3, storage_options=_storage_options(path),
+                                    attributes={"schema_version": SCHEMA_VERSION, "status": CREATING})
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
         chunk_samples = max(1, min(chunk_samples, num_samples))
@@ -105,12 +123,12 @@ class SoftLabelStore(StoreReads):
         lab[:] = np.asarray(labels, dtype=np.int64)
         blocks = math.ceil(num_samples / chunk_samples)
         group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
-        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",
+        _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
+                        "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
+        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",  # the store exists
                             "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
                             "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": dtype,
                             "layout": layout, "top_k": top_k if layout == "top_k" else None})
-        _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
-                        "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
         return cls(path, group)
 
     @staticmethod
@@ -132,7 +150,27 @@ class SoftLabelStore(StoreReads):
             raise StoreError(f"no store at {path}; run `w2s infer-teacher` first") from exc
         if group.attrs.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{path} is not a soft-label store of schema {SCHEMA_VERSION}")
+        if group.attrs.get("status") == CREATING:
+            raise StoreError(f"{path} was interrupted while being created; run `w2s infer-teacher` again, "
+                             "which removes it and creates it anew")
+        _check_attributes(path, group)
         return cls(path, group)
+
+    @staticmethod
+    def discard_unfinished(path: str | Path) -> bool:
+        """Remove a store whose creation was interrupted (status "creating"); whether one was removed."""
+        import fsspec
+
+        path = str(path)
+        try:
+            group = zarr.open_group(path, mode="r", storage_options=_storage_options(path))
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return False
+        if group.attrs.get("schema_version") != SCHEMA_VERSION or group.attrs.get("status") != CREATING:
+            return False
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.rm(root, recursive=True)
+        return True
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -194,14 +232,15 @@ class SoftLabelStore(StoreReads):
             raise StoreError(f"teacher logits reach {float(np.abs(lg).max()):.4g} in {where}: beyond the store's "
                              f"{data[0].dtype} (max {float(np.finfo(data[0].dtype).max):.6g}); set teacher.dtype=float32 "
                              "(full layout) or fix the teacher, whose logits this large mean it diverged")
-        if self.layout == "full":
-            self.group["logits"][rows, chunk.view, :] = data[0]
-        else:
-            self.group["topk_values"][rows, chunk.view, :] = c["values"]
-            self.group["topk_indices"][rows, chunk.view, :] = c["indices"]
-            self.group["tail_logsumexp"][rows, chunk.view] = c["tail_lse"]
-        self.group["view_params"][rows, chunk.view, :] = np.asarray(params, dtype=np.float32)
-        self.group["chunk_crc"][chunk.block, chunk.view] = _crc(*data)
+        with _space_for(self.path, "writing", "the chunks written so far are kept"):
+            if self.layout == "full":
+                self.group["logits"][rows, chunk.view, :] = data[0]
+            else:
+                self.group["topk_values"][rows, chunk.view, :] = c["values"]
+                self.group["topk_indices"][rows, chunk.view, :] = c["indices"]
+                self.group["tail_logsumexp"][rows, chunk.view] = c["tail_lse"]
+            self.group["view_params"][rows, chunk.view, :] = np.asarray(params, dtype=np.float32)
+            self.group["chunk_crc"][chunk.block, chunk.view] = _crc(*data)
 
     def _chunk_data(self, chunk: ChunkRef) -> list[np.ndarray]:
         rows = slice(chunk.start, chunk.stop)
@@ -215,9 +254,11 @@ class SoftLabelStore(StoreReads):
         missing = self.missing_chunks()
         if missing:
             raise StoreError(f"{self.path}: {len(missing)} chunks still missing; cannot finalize")
-        _write_parquet({"view": np.arange(len(view_accuracy), dtype=np.int64),
-                        "accuracy": np.asarray(view_accuracy, dtype=np.float64)}, f"{self.path}/teacher_accuracy.parquet")
-        self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
+        with _space_for(self.path, "finishing", "every chunk is kept"):
+            _write_parquet({"view": np.arange(len(view_accuracy), dtype=np.int64),
+                            "accuracy": np.asarray(view_accuracy, dtype=np.float64)},
+                           f"{self.path}/teacher_accuracy.parquet")
+            self.group.attrs.update({"status": "complete", "teacher_accuracy": [float(a) for a in view_accuracy]})
 
 
     def labels(self) -> np.ndarray:
@@ -273,6 +314,81 @@ class SoftLabelStore(StoreReads):
         if bad:
             self.group.attrs.update({"status": "partial"})
         return len(bad)
+
+
+@contextmanager
+def _space_for(path: str, doing: str, kept: str) -> Iterator[None]:
+    """Turn a full disk (or quota, or file size limit) during a store write into one StoreError line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise StoreError(f"no space left on device while {doing} store {path} ({exc.strerror}); free space or choose "
+                         f"another teacher.store, then rerun `w2s infer-teacher`: {kept}") from exc
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_attributes(path: str, group: zarr.Group) -> None:
+    """Refuse a store whose attributes are missing, of the wrong type, or disagree with its arrays.
+
+    Every attribute that readers rely on is checked, so an edited or damaged ``zarr.json`` ends in one
+    line naming the attribute instead of a KeyError, a division by zero or a huge allocation later.
+    """
+    a = dict(group.attrs)
+    bad = _attribute_error(path, a)
+
+    for key in ("num_samples", "num_views", "num_classes", "param_dim", "chunk_samples"):
+        if not _is_count(a.get(key)):
+            raise bad(key, "a positive integer")
+    if a.get("status") not in STATUSES:
+        raise bad("status", " or ".join(STATUSES))
+    if a.get("layout", "full") not in LAYOUTS:
+        raise bad("layout", " or ".join(LAYOUTS))
+    if a.get("dtype", "float16") not in DTYPES:
+        raise bad("dtype", " or ".join(DTYPES))
+    if a.get("layout") == "top_k" and not (_is_count(a.get("top_k")) and a["top_k"] <= a["num_classes"]):
+        raise bad("top_k", f"an integer in 1..{a['num_classes']}")
+    if a["status"] == "complete":
+        acc = a.get("teacher_accuracy")
+        if not (isinstance(acc, list) and len(acc) == a["num_views"]
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)):
+            raise bad("teacher_accuracy", f"a list of {a['num_views']} numbers")
+    n, v, c = a["num_samples"], a["num_views"], a["num_classes"]
+    name = "logits" if a.get("layout", "full") == "full" else "topk_values"
+    k = c if name == "logits" else a["top_k"]
+    shapes = {name: (n, v, k), "view_params": (n, v, a["param_dim"]), "labels": (n,),
+              "chunk_crc": (math.ceil(n / a["chunk_samples"]), v)}
+    for array, shape in shapes.items():
+        try:
+            have = tuple(group[array].shape)
+        except KeyError:
+            raise StoreError(f"store {path}: array {array} is missing; write the store again with "
+                             "`w2s infer-teacher` to a new teacher.store path") from None
+        if have != shape:
+            raise StoreError(f"store {path}: array {array} has shape {have} but the attributes (num_samples, "
+                             f"num_views, num_classes, chunk_samples) give {shape}; its zarr.json was edited or "
+                             "damaged: write the store again with `w2s infer-teacher` to a new teacher.store path")
+
+
+def _attribute_error(path: str, attrs: Mapping[str, Any]) -> Callable[[str, str], StoreError]:
+    def bad(key: str, want: str) -> StoreError:
+        return StoreError(f"store {path}: attribute {key} is {attrs.get(key, '(missing)')!r}, expected {want}; its "
+                          "zarr.json was edited or damaged: write the store again with `w2s infer-teacher` "
+                          "to a new teacher.store path")
+    return bad
+
+
+def check_provenance(path: str, attrs: Mapping[str, Any]) -> None:
+    """Refuse a store without the teacher and dataset records that ``infer-teacher`` writes (for ``inspect``)."""
+    bad = _attribute_error(path, attrs)
+    for key, fields in (("teacher", ("model", "sha256")), ("dataset", ("source", "split", "fingerprint"))):
+        record = attrs.get(key)
+        if not isinstance(record, Mapping) or not all(isinstance(record.get(f), str) for f in fields):
+            raise bad(key, f"a mapping with string {', '.join(fields)}")
 
 
 def _write_parquet(columns: dict[str, np.ndarray], url: str) -> None:

@@ -83,7 +83,7 @@ def base(fmnist_dir, tmp_path_factory):
     """A weak teacher and a complete store made by one process."""
     out = tmp_path_factory.mktemp("robust")
     cfg = _config(out / "cfg.yaml", fmnist_dir, out)
-    _cli("train-teacher", str(cfg), "--set", "model.name=fmnist_linear", "--set", "objective.name=vanilla",
+    _cli("train-teacher", str(cfg), "--set", "model.name=fmnist_linear", "--set", "model.kwargs={}", "--set", "objective.name=vanilla",
          "--set", "optim.epochs=1", "--set", f"run.output={out / 'teacher'}")
     _cli("infer-teacher", str(cfg))
     return out, cfg
@@ -409,7 +409,7 @@ def test_second_run_in_the_same_directory_is_refused(base, tmp_path):
 def test_deterministic_runs_repeat_exactly(base, tmp_path):
     out, cfg = base
     for name in ("a", "b"):
-        _cli("train-student", str(cfg), "--deterministic", "--set", "optim.epochs=2", "--set", "model.name=fmnist_cnn",
+        _cli("train-student", str(cfg), "--deterministic", "--set", "optim.epochs=2", "--set", "model.name=fmnist_cnn", "--set", "model.kwargs={}",
              "--set", "model.kwargs={width: 4}", "--set", f"run.output={tmp_path / name}")
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 

@@ -36,7 +36,7 @@ def setup(fmnist_dir, tmp_path_factory):
            "run": {"output": str(out / "unused")}}
     path = out / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    _ok(["train-teacher", str(path), "--set", "model.name=fmnist_linear", "--set", "objective.name=vanilla",
+    _ok(["train-teacher", str(path), "--set", "model.name=fmnist_linear", "--set", "model.kwargs={}", "--set", "objective.name=vanilla",
          "--set", "objective.gt_weight=1.0", "--set", "optim.epochs=1", "--set", "optim.lr=0.002",
          "--set", f"run.output={out / 'teacher'}"])
     _ok(["train-teacher", str(path), "--set", "objective.name=vanilla", "--set", "objective.gt_weight=1.0",

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
+from pipeline.models.record import refuse_unknown
+
 __all__ = ["ConvNet4", "ResBlock3", "FewShotResNet"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -205,56 +207,63 @@ def _finish(model: nn.Module, name: str, in_chans: int, img_size: int = 84) -> n
     return model
 
 
-def _check_pretrained(name: str, pretrained: bool) -> None:
+def _check(name: str, pretrained: bool, extra: dict[str, Any]) -> None:
+    """Refuse ``pretrained`` (nothing is hosted) and any keyword the entrypoint does not name."""
     if pretrained:
         raise ValueError(f"{name}: no pretrained weights are available; build with pretrained=False and train it")
+    refuse_unknown(name, extra)
 
 
-def _resnet(name: str, depths: Sequence[int], widths: Sequence[int], pretrained: bool, kwargs: dict[str, Any],
-            layout: str = "pool_last") -> nn.Module:
-    """Shared factory for the ResNet-style backbones; unrelated timm kwargs are ignored.
+def _resnet(name: str, depths: Sequence[int], widths: Sequence[int], pretrained: bool, num_classes: int,
+            in_chans: int, img_size: int, extra: dict[str, Any], layout: str = "pool_last") -> nn.Module:
+    """Shared factory for the ResNet-style backbones.
 
     ``img_size`` only sets the recorded ``input_size`` (global pooling accepts any size).
     """
-    _check_pretrained(name, pretrained)
-    num_classes = kwargs.get("num_classes", 0)
-    in_chans = kwargs.get("in_chans", 3)
+    _check(name, pretrained, extra)
     model = FewShotResNet(depths, widths, num_classes=num_classes, in_chans=in_chans, layout=layout)
-    return _finish(model, name, in_chans, kwargs.get("img_size", 84))
+    return _finish(model, name, in_chans, img_size)
 
 
 @register_model
-def fs_convnet4(pretrained: bool = False, **kwargs: Any) -> ConvNet4:
+def fs_convnet4(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> ConvNet4:
     """Conv-4 backbone; pass ``img_size`` (default 84) to size the flattened features for other inputs."""
-    _check_pretrained("fs_convnet4", pretrained)
-    in_chans = kwargs.get("in_chans", 3)
-    img_size = kwargs.get("img_size", 84)
-    model = ConvNet4(num_classes=kwargs.get("num_classes", 0), in_chans=in_chans, img_size=img_size)
+    _check("fs_convnet4", pretrained, timm_args)
+    model = ConvNet4(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     return _finish(model, "fs_convnet4", in_chans, img_size)
 
 
 @register_model
-def fs_resnet12(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet12(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """Meta-Baseline ResNet-12: four blocks, widths 64-160-320-640, 640-d features."""
-    return _resnet("fs_resnet12", (1, 1, 1, 1), (64, 160, 320, 640), pretrained, kwargs)
+    return _resnet("fs_resnet12", (1, 1, 1, 1), (64, 160, 320, 640), pretrained, num_classes, in_chans, img_size,
+                   timm_args)
 
 
 @register_model
-def fs_resnet12v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet12v(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """ResNet-12 variant with widths 64-128-256-512 and stage depths [1, 1, 1, 1]; 512-d features."""
-    return _resnet("fs_resnet12v", (1, 1, 1, 1), (64, 128, 256, 512), pretrained, kwargs)
+    return _resnet("fs_resnet12v", (1, 1, 1, 1), (64, 128, 256, 512), pretrained, num_classes, in_chans, img_size,
+                   timm_args)
 
 
 @register_model
-def fs_resnet18v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet18v(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """ResNet-18 variant: widths 64-128-256-512, stage depths [1, 2, 2, 1]; 512-d features."""
-    return _resnet("fs_resnet18v", (1, 2, 2, 1), (64, 128, 256, 512), pretrained, kwargs)
+    return _resnet("fs_resnet18v", (1, 2, 2, 1), (64, 128, 256, 512), pretrained, num_classes, in_chans, img_size,
+                   timm_args)
 
 
 @register_model
-def fs_resnet36v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet36v(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """ResNet-36 variant: widths 64-128-256-512, stage depths [2, 3, 5, 2]; 512-d features."""
-    return _resnet("fs_resnet36v", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, kwargs)
+    return _resnet("fs_resnet36v", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, num_classes, in_chans, img_size,
+                   timm_args)
 
 
 # The paper's few-shot backbones (few_shot_leaerning/models/resnet.py: resnet12_bottle = ResNet([1, 1, 1, 1]),
@@ -262,18 +271,24 @@ def fs_resnet36v(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
 # three convs per block, so 12 / 18 / 36 conv layers before the shortcuts.
 
 @register_model
-def fs_resnet12_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet12_bottle(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """The paper's ResNet-12 ("resnet12_bottle"): stage depths [1, 1, 1, 1], widths 64-128-256-512; 512-d features."""
-    return _resnet("fs_resnet12_bottle", (1, 1, 1, 1), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")
+    return _resnet("fs_resnet12_bottle", (1, 1, 1, 1), (64, 128, 256, 512), pretrained, num_classes, in_chans,
+                   img_size, timm_args, layout="bottle")
 
 
 @register_model
-def fs_resnet18_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet18_bottle(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """The paper's ResNet-18 ("resnet18_bottle"): stage depths [1, 2, 2, 1], widths 64-128-256-512; 512-d features."""
-    return _resnet("fs_resnet18_bottle", (1, 2, 2, 1), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")
+    return _resnet("fs_resnet18_bottle", (1, 2, 2, 1), (64, 128, 256, 512), pretrained, num_classes, in_chans,
+                   img_size, timm_args, layout="bottle")
 
 
 @register_model
-def fs_resnet36_bottle(pretrained: bool = False, **kwargs: Any) -> FewShotResNet:
+def fs_resnet36_bottle(pretrained: bool = False, num_classes: int = 0, in_chans: int = 3, img_size: int = 84,
+                **timm_args: Any) -> FewShotResNet:
     """The paper's ResNet-36 ("resnet36_bottle"): stage depths [2, 3, 5, 2], widths 64-128-256-512; 512-d features."""
-    return _resnet("fs_resnet36_bottle", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, kwargs, layout="bottle")
+    return _resnet("fs_resnet36_bottle", (2, 3, 5, 2), (64, 128, 256, 512), pretrained, num_classes, in_chans,
+                   img_size, timm_args, layout="bottle")

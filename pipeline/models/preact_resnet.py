@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
+from pipeline.models.record import refuse_unknown
+
 __all__ = ["PreActBlock", "PreActResNet"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -138,13 +140,16 @@ class PreActResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(name: str, layers: tuple[int, int, int, int], pretrained: bool, **kwargs: Any) -> PreActResNet:
-    """Build a registered variant; ``pretrained=True`` fails because no weights are hosted."""
+def _create(name: str, layers: tuple[int, int, int, int], pretrained: bool, num_classes: int, in_chans: int,
+            drop_rate: float, extra: dict[str, Any]) -> PreActResNet:
+    """Build a registered variant; ``pretrained=True`` fails because no weights are hosted, and so does any
+    keyword other than ``num_classes`` / ``in_chans`` / ``drop_rate`` (taken as timm's train.py passes it,
+    but only as 0: the upstream network has no dropout)."""
     if pretrained:
         raise ValueError(f"{name}: no pretrained weights are available; build with pretrained=False and train it")
-    num_classes = kwargs.pop("num_classes", 10)
-    in_chans = kwargs.pop("in_chans", 3)
-    # Other timm kwargs (pretrained_cfg, drop_rate, global_pool, ...) do not apply here and are ignored.
+    if drop_rate:
+        raise ValueError(f"{name}: drop_rate={drop_rate} is not supported (the network has no dropout); use 0")
+    refuse_unknown(name, extra)
     model = PreActResNet(layers, num_classes=num_classes, in_chans=in_chans)
     cfg = default_cfgs[name].default.to_dict()
     cfg["num_classes"] = num_classes
@@ -158,12 +163,14 @@ def _create(name: str, layers: tuple[int, int, int, int], pretrained: bool, **kw
 
 
 @register_model
-def preact_resnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
+def preact_resnet18(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
+                    **timm_args: Any) -> PreActResNet:
     """PreAct-ResNet18 (upstream Sel-CL ``PreActResNet18``), blocks [2, 2, 2, 2]."""
-    return _create("preact_resnet18", (2, 2, 2, 2), pretrained, **kwargs)
+    return _create("preact_resnet18", (2, 2, 2, 2), pretrained, num_classes, in_chans, drop_rate, timm_args)
 
 
 @register_model
-def preact_resnet34(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
+def preact_resnet34(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
+                    **timm_args: Any) -> PreActResNet:
     """PreAct-ResNet34 (upstream ggjy ``PreActResNet34``; ShikunLi/Sel-CL's copy defines only PR18), blocks [3, 4, 6, 3]."""
-    return _create("preact_resnet34", (3, 4, 6, 3), pretrained, **kwargs)
+    return _create("preact_resnet34", (3, 4, 6, 3), pretrained, num_classes, in_chans, drop_rate, timm_args)

@@ -9,6 +9,8 @@ from typing import Any
 from timm.models import register_model
 from torch import Tensor, nn
 
+from pipeline.models.record import refuse_unknown
+
 _CFG = {"input_size": (1, 28, 28), "mean": (0.2860,), "std": (0.3530,), "num_classes": 10}
 
 
@@ -41,9 +43,11 @@ class _Classifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _check(pretrained: bool, name: str) -> None:
+def _check(pretrained: bool, name: str, extra: dict[str, Any]) -> None:
+    """Refuse ``pretrained`` (nothing is hosted) and any keyword the entrypoint does not name."""
     if pretrained:
         raise ValueError(f"{name} has no hosted pretrained weights; train it with `w2s train-teacher`")
+    refuse_unknown(name, extra)
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -52,26 +56,26 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 @register_model
 def fmnist_linear(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
-                  **_: Any) -> nn.Module:
+                  **timm_args: Any) -> nn.Module:
     """Multinomial logistic regression on raw pixels (about 84% on Fashion-MNIST)."""
-    _check(pretrained, "fmnist_linear")
+    _check(pretrained, "fmnist_linear", timm_args)
     return _Classifier(nn.Flatten(), in_chans * img_size * img_size, num_classes)
 
 
 @register_model
 def fmnist_mlp(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
-               hidden: int = 256, **_: Any) -> nn.Module:
+               hidden: int = 256, **timm_args: Any) -> nn.Module:
     """One hidden layer MLP (about 88% on Fashion-MNIST)."""
-    _check(pretrained, "fmnist_mlp")
+    _check(pretrained, "fmnist_mlp", timm_args)
     feats = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, hidden), nn.ReLU(inplace=True))
     return _Classifier(feats, hidden, num_classes)
 
 
 @register_model
 def fmnist_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, width: int = 16,
-               **_: Any) -> nn.Module:
+               **timm_args: Any) -> nn.Module:
     """Four conv-BN-ReLU layers with two max-pools and global average pooling (about 88% after 5 epochs on 30k images; 1,200-2,100 images/s for training on 2 CPU cores)."""
-    _check(pretrained, "fmnist_cnn")
+    _check(pretrained, "fmnist_cnn", timm_args)
     w = width
     feats = nn.Sequential(*_conv_bn(in_chans, w), *_conv_bn(w, w), nn.MaxPool2d(2),
                           *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),

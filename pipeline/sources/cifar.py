@@ -112,7 +112,8 @@ def load_cifar(root: str | Path, dataset: Literal["cifar10", "cifar100"] = "cifa
     for raw in cols["data"]:
         arr = np.asarray(raw)
         if arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
-            raise DataError(f"{dataset}/{split} in {directory}: 'data' has shape {arr.shape}, expected [N, 3072]")
+            raise DataError(f"{dataset}/{split} in {directory}: 'data' has shape {arr.shape}, expected [N, 3072]; "
+                            f"{_DOWNLOAD} again")
         if arr.dtype != np.uint8:
             if arr.size and (arr.min() < 0 or arr.max() > 255):
                 raise DataError(f"{dataset}/{split} in {directory}: pixel values outside 0..255")
@@ -122,6 +123,9 @@ def load_cifar(root: str | Path, dataset: Literal["cifar10", "cifar100"] = "cifa
     # Each row is 1024 red, 1024 green, 1024 blue values, each channel row-major 32x32.
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     labels = np.concatenate([np.asarray(lab, dtype=np.int64).reshape(-1) for lab in cols[layout["label_key"]]])
+    if len(labels) != len(images):
+        raise DataError(f"{dataset}/{split} in {directory}: {len(images)} images but {len(labels)} labels; "
+                        f"{_DOWNLOAD} again")
     n_cls = layout["num_classes"]
     if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
         raise DataError(f"{dataset}/{split} in {directory}: labels outside 0..{n_cls - 1}")

@@ -76,4 +76,6 @@ def safe_load(path: str | Path, encoding: Literal["bytes", "latin1"] = "bytes") 
         raise DataError(f"cannot read {p}: {exc.strerror or exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
-        raise DataError(f"cannot read {p}: not a valid dataset pickle ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise DataError(f"cannot read {p}: truncated or damaged, not a valid dataset pickle ({detail}); "
+                        "re-download it") from None
