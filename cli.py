@@ -40,10 +40,10 @@ def _guard(fn: Callable[[], T], again: str | None = None) -> T:
     disk), if it can. EOFError (a truncated file) and MemoryError are caught here too: click would print a bare
     "Aborted." for the first, and the second is a size the checks before any work did not foresee.
     """
-    from pipeline.checkpoint import NO_SPACE, CheckpointError
-    from pipeline.config import ConfigError
-    from pipeline.runtime import RunError
-    from pipeline.sources.base import DataError
+    from pipeline.engine.checkpoint import NO_SPACE, CheckpointError
+    from pipeline.config.schema import ConfigError
+    from pipeline.engine.runtime import RunError
+    from pipeline.data.sources.base import DataError
     from store.soft_label_store import StoreError
 
     try:
@@ -70,14 +70,14 @@ def _guard(fn: Callable[[], T], again: str | None = None) -> T:
 
 
 def _load(config: Path, overrides: Optional[List[str]]):  # type: ignore[no-untyped-def]
-    from pipeline.config import load_config
+    from pipeline.config.schema import load_config
 
     return load_config(config, overrides or [])
 
 
 def _seeds(text: str) -> tuple[int, ...]:
     """``"0,1,2"`` -> ``(0, 1, 2)``; a bad list is a one-line error."""
-    from pipeline.config import ConfigError
+    from pipeline.config.schema import ConfigError
 
     try:
         seeds = tuple(int(x) for x in text.split(",") if x.strip())
@@ -111,7 +111,7 @@ def sel_cl(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
            deterministic: bool = DeterministicOpt) -> None:
     """Sel-CL pre-training on noisy labels: contrastive learning with kNN-selected confident examples and pairs."""
     def go() -> None:
-        from pipeline.sel_cl.pretrain import pretrain
+        from pipeline.scenarios.sel_cl.pretrain import pretrain
 
         extra = ["run.deterministic=true"] if deterministic else []
         result = pretrain(_load(config, (set_ or []) + extra), resume=resume, console=console)
@@ -155,7 +155,7 @@ def sweep_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
               output: Optional[Path] = typer.Option(None, "--output", help="sweep directory (default runs/sweep-<config>)")) -> None:
     """Many student runs on one store: every grid combination x seed, each in its own run directory."""
     def go() -> None:
-        from pipeline.sweep import sweep
+        from pipeline.experiments.sweep import sweep
 
         out = output or Path("runs") / f"sweep-{config.stem}"
         sweep(config, grid, list(_seeds(seeds)), set_ or [], out, parallel, console=console)
@@ -170,7 +170,7 @@ def report_cmd(run_dirs: List[Path] = typer.Argument(..., help="run or sweep dir
                output: Optional[Path] = typer.Option(None, "--output", help="where tables and figures go (default <first dir>/report)")) -> None:
     """Table (markdown, CSV, Parquet) with mean +- std over seeds, PGR and agreement; PNG figures."""
     def go() -> None:
-        from pipeline.report import report
+        from pipeline.experiments.report import report
 
         out = output or run_dirs[0] / "report"
         table, _ = report(run_dirs, out, weak or [], ceiling or [])
@@ -204,7 +204,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
          seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean +- std, paired tests)")) -> None:
     """Weak teacher -> KD / AugConf / AdaptConf students vs. a strong ceiling on Fashion-MNIST, with PGR."""
     def go() -> None:
-        from pipeline.demo import run_demo
+        from pipeline.experiments.demo import run_demo
 
         run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
                  console=console)
@@ -217,14 +217,14 @@ def noisy_demo(output: Path = typer.Option(Path("runs/noisy_demo"), "--output", 
                seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds")) -> None:
     """Noisy labels on Fashion-MNIST (40% symmetric and asym_next): CE vs Sel-CL -> Sel-CL+ vs Sel-CL+ with AdaptConf."""
     def go() -> None:
-        from pipeline.noisy_demo import run_noisy_demo
+        from pipeline.experiments.noisy_demo import run_noisy_demo
 
         print(run_noisy_demo(output, seeds=_seeds(seeds), data_dir=str(data_dir) if data_dir else None,
                              console=console))
     _guard(go, RERUN_HINT)
 
 
-# -- few-shot scenario (pipeline/few_shot/, configs/few_shot/) -------------------------------------
+# -- few-shot scenario (pipeline/scenarios/few_shot/, configs/few_shot/) -------------------------------------
 
 few_shot_app = typer.Typer(no_args_is_help=True,
                            help="Few-shot scenario: episodic evaluation and Meta-Baseline training with a weak teacher.")
@@ -235,7 +235,7 @@ app.add_typer(few_shot_app, name="few-shot")
 def few_shot_eval(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt) -> None:
     """Cosine nearest-centroid accuracy +- 95% CI over seeded N-way K-shot episodes of the test split."""
     def go() -> None:
-        from pipeline.few_shot import evaluate, load_few_shot_config
+        from pipeline.scenarios.few_shot import evaluate, load_few_shot_config
 
         typer.echo(json.dumps(evaluate(load_few_shot_config(config, set_ or []), console=console)))
     _guard(go)
@@ -246,7 +246,7 @@ def few_shot_meta(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
                   resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
     """Meta-Baseline episodic fine-tuning of an encoder, learning from a weak teacher with KD or AdaptConf."""
     def go() -> None:
-        from pipeline.few_shot import load_few_shot_config, meta_train
+        from pipeline.scenarios.few_shot import load_few_shot_config, meta_train
 
         typer.echo(json.dumps(meta_train(load_few_shot_config(config, set_ or []), resume=resume, console=console)))
     _guard(go, RESUME_HINT)

@@ -37,10 +37,10 @@ import numpy as np
 from rich.console import Console
 
 from bench.common import emit, machine, machine_line
-from pipeline.config import Config, load_config
+from pipeline.config.schema import Config, load_config
 from pipeline.infer_teacher import infer
-from pipeline.report import plus_minus
-from pipeline.stats import mean_std, paired_difference
+from pipeline.experiments.report import plus_minus
+from pipeline.experiments.stats import mean_std, paired_difference
 from pipeline.train_student import train
 
 CONFIGS = ROOT / "configs" / "fmnist"

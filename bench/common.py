@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from pipeline.checkpoint import save_model
-from pipeline.config import Config, load_config
+from pipeline.models.files import save_model
+from pipeline.config.schema import Config, load_config
 from pipeline.models import create
-from pipeline.sources.registry import train_and_test
-from pipeline.specs import dataset_record
+from pipeline.data.sources.registry import train_and_test
+from pipeline.student.specs import dataset_record
 
 # a timing is redone when other processes used more than BUSY of the machine's CPU time, or the
 # hypervisor stole more than STEAL of it: on 2 cores, a stolen slice stalls both OpenMP threads

@@ -1,13 +1,13 @@
 """Per-image cost of the DALI replay graph on CPU, piece by piece, for small images.
 
 Why stage 1 of the Fashion-MNIST demo cannot approach its linear teacher's speed: the graph
-``pipeline.views.replay`` runs (crop with zero padding, flip + normalize) is timed against
+``pipeline.data.views.replay`` runs (crop with zero padding, flip + normalize) is timed against
 graphs that stop earlier, on the same batch of random ``--size`` x ``--size`` images fed with
 the same four per-sample inputs (images, anchor, shape, flip):
 
 - ``feed``: the inputs passed straight through (DALI's cost of feeding and returning a batch);
 - ``slice``: the padded crop alone;
-- ``replay``: the full graph of ``pipeline.views.replay`` (what both stages run).
+- ``replay``: the full graph of ``pipeline.data.views.replay`` (what both stages run).
 
 Run: ``.venv/bin/python bench/dali_replay_floor.py [--size 28 --batch 1024]``.
 Prints a JSON object, then a markdown table.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from bench.common import emit, machine, machine_line
-from pipeline.views import InputSpec, replay
+from pipeline.data.views import InputSpec, replay
 
 STAGES = ("feed", "slice", "replay")
 
@@ -85,7 +85,7 @@ def table(res: dict[str, Any]) -> str:
         "", "| graph | us per image |", "|---|---:|",
         f"| feed: four per-sample inputs in, out unchanged | {us['feed']:.2f} |",
         f"| slice: padded crop | {us['slice']:.2f} |",
-        f"| replay: `pipeline.views.replay` (crop, flip, normalize) | {us['replay']:.2f} |",
+        f"| replay: `pipeline.data.views.replay` (crop, flip, normalize) | {us['replay']:.2f} |",
         "", machine_line(res["machine"])])
 
 

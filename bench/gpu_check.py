@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 NO_CUDA_LINE = "gpu_check: no CUDA device; nothing checked (DALI GPU operators are never covered by this script)"
 NOT_COVERED = ("NVIDIA DALI GPU operators are NOT covered: DALI is not installed on the GPU machine; "
-               "this script never imports DALI (pipeline.loader / pipeline.views are not used).")
+               "this script never imports DALI (pipeline.data.loader / pipeline.data.views are not used).")
 CHILD_TAG = "@@gpu_check_result "
 DETERMINISTIC_CUBLAS = ":4096:8"
 BUDGET_S = 450.0  # the whole script stays under 8 minutes: later steps shrink or skip past this
@@ -347,7 +347,7 @@ def check_checkpoint_roundtrip(src: torch.device | str, dst: torch.device | str,
                                atol: float = 1e-5) -> Result:
     """Train two steps on ``src``, ``save_state`` the model and optimizer, ``load_state`` them into a fresh model
     on ``dst``; the next step on ``dst`` gives the same loss and weights as continuing on ``src`` (float32, no TF32)."""
-    from pipeline.checkpoint import load_state, save_state
+    from pipeline.engine.checkpoint import load_state, save_state
     from pipeline.objectives import build_objective
 
     src, dst = as_device(src), as_device(dst)

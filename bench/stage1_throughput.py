@@ -47,11 +47,11 @@ from bench.common import (
     noisy,
 )
 from pipeline.infer_teacher import chunk_logits, infer
-from pipeline.loader import ViewReplayer, crop_size_for
-from pipeline.pretrained import load_teacher
-from pipeline.sources.registry import train_and_test
-from pipeline.specs import teacher_spec, view_policy
-from pipeline.views import sample_params
+from pipeline.data.loader import ViewReplayer, crop_size_for
+from pipeline.models.pretrained import load_teacher
+from pipeline.data.sources.registry import train_and_test
+from pipeline.student.specs import teacher_spec, view_policy
+from pipeline.data.views import sample_params
 
 
 def forward_only(model: torch.nn.Module, x: torch.Tensor, images: int, min_seconds: float = 0.5) -> dict[str, Any]:

@@ -57,12 +57,12 @@ from bench.common import (
     make_teacher,
     noisy,
 )
-from pipeline.config import Config
+from pipeline.config.schema import Config
 from pipeline.infer_teacher import infer
-from pipeline.loader import Batch, epoch_order, shard_batches, stream
-from pipeline.run_loop import MetricSums, RunLoop
+from pipeline.data.loader import Batch, epoch_order, shard_batches, stream
+from pipeline.engine.run_loop import MetricSums, RunLoop
 from pipeline.train_student import Trainer
-from pipeline.views import PARAM_DIM
+from pipeline.data.views import PARAM_DIM
 from store.soft_label_store import SoftLabelStore
 
 

@@ -64,7 +64,7 @@ import zarr  # noqa: E402
 from store.soft_label_store import SoftLabelStore  # noqa: E402
 
 IMAGENET_SAMPLES = 1_281_167
-PARAM_DIM = 6  # pipeline.views.PARAM_DIM (y0, x0, h, w, flip, bicubic); not imported: this bench needs no DALI
+PARAM_DIM = 6  # pipeline.data.views.PARAM_DIM (y0, x0, h, w, flip, bicubic); not imported: this bench needs no DALI
 GIB = 1 << 30
 ORDERS = ("random", "chunked")
 
@@ -229,7 +229,7 @@ def stage1(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 def rank_batches(order: str, n: int, cs: int, global_batch: int, epoch: int, seed: int, rank: int,
                  world: int) -> list[np.ndarray]:
     """This rank's batches of an epoch over the first ``n`` samples, in the given order."""
-    from pipeline.loader import chunked_shard_batches, epoch_order, shard_batches
+    from pipeline.data.loader import chunked_shard_batches, epoch_order, shard_batches
 
     if order == "random":
         return shard_batches(epoch_order(n, epoch, seed, shuffle=True), global_batch, rank, world, drop_last=True)
@@ -266,8 +266,8 @@ def rank_run(path: str, order: str, n: int, world: int, rank: int, global_batch:
     ending in a boundary whose stall is measured; ``profiles`` empty: the next epoch's read alone."""
     import threading
 
-    import pipeline.loader  # noqa: F401  (torch: imported before timing, counted in the base RSS, as in a trainer)
-    from pipeline.shard_reader import ShardReader
+    import pipeline.data.loader  # noqa: F401  (torch: imported before timing, counted in the base RSS, as in a trainer)
+    from store.shard_reader import ShardReader
 
     store = SoftLabelStore.open(path)
     cs, views = store.chunk_samples, store.num_views
@@ -304,7 +304,7 @@ def rank_run(path: str, order: str, n: int, world: int, rank: int, global_batch:
 
 def today_run(path: str) -> dict[str, Any]:
     """What each rank does today at each epoch start: the whole view, verified."""
-    from pipeline.loader import epoch_order  # noqa: F401  (the trainer has torch loaded too)
+    from pipeline.data.loader import epoch_order  # noqa: F401  (the trainer has torch loaded too)
 
     store = SoftLabelStore.open(path)
     rss_base = max_rss_bytes()

@@ -1,6 +1,6 @@
 """Sweep amortization: an N-run ``w2s sweep`` on one cached store against the same N runs with the online teacher.
 
-Both variants are the real ``pipeline.sweep.sweep`` (what ``w2s sweep`` runs), in this process, on
+Both variants are the real ``pipeline.experiments.sweep.sweep`` (what ``w2s sweep`` runs), in this process, on
 the same data, recipe, grid (``objective.name=kd,augconf,adaptconf`` by default, so N = 3) and
 threads:
 
@@ -47,11 +47,11 @@ from bench.common import (
     make_teacher,
     noisy,
 )
-from pipeline.config import load_config
+from pipeline.config.schema import load_config
 from pipeline.infer_teacher import infer
-from pipeline.pretrained import load_teacher
-from pipeline.sources.registry import train_and_test
-from pipeline.sweep import sweep
+from pipeline.models.pretrained import load_teacher
+from pipeline.data.sources.registry import train_and_test
+from pipeline.experiments.sweep import sweep
 
 
 def overrides(args: argparse.Namespace, tmp: Path, mode: str, store: Path) -> list[str]:

@@ -22,16 +22,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from pipeline.config import Config, TeacherConfig
-from pipeline.loader import ViewReplayer, crop_size_for, stream
-from pipeline.pretrained import load_teacher
-from pipeline.resource_checks import check_batch, check_store_size
-from pipeline.runtime import RunError, barrier, main_lock, setup, stderr_console
-from pipeline.sources.base import Source
-from pipeline.sel_cl.selected import keep_selected
-from pipeline.sources.registry import train_and_test
-from pipeline.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
-from pipeline.views import PARAM_DIM, ViewPolicy, sample_params
+from pipeline.config.schema import Config, TeacherConfig
+from pipeline.data.loader import ViewReplayer, crop_size_for, stream
+from pipeline.models.pretrained import load_teacher
+from pipeline.engine.resource_checks import check_batch, check_store_size
+from pipeline.engine.runtime import RunError, barrier, main_lock, setup, stderr_console
+from pipeline.data.sources.base import Source
+from pipeline.scenarios.sel_cl.selected import keep_selected
+from pipeline.data.sources.registry import train_and_test
+from pipeline.student.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
+from pipeline.data.views import PARAM_DIM, ViewPolicy, sample_params
 from store.soft_label_store import SoftLabelStore
 
 

@@ -3,7 +3,7 @@
 An objective is one class registered with :func:`register_objective` (as timm's
 ``@register_model`` is for models). Its parameters are its dataclass fields, declared with
 :func:`param` (default, range or choices, one line of doc): the ``objective`` config section and
-its validation are built from them (``pipeline.config``). It declares its logged ``terms`` and the
+its validation are built from them (``pipeline.config.schema``). It declares its logged ``terms`` and the
 name of its per-sample weight (``sample_weight``; ``weight_range`` when that weight varies per
 sample and is worth a histogram). Adding an objective is one class.
 

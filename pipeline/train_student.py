@@ -4,7 +4,7 @@
 from the store (``teacher.mode: store``) or computes them on the same replayed views
 (``teacher.mode: online``). ``role="teacher"`` trains with ground truth only (the ``vanilla``
 objective), which is how weak teachers and strong ceilings are made. :class:`Trainer` is the
-:class:`pipeline.run_loop.Task`; the loop owns the run directory, checkpoints, resume and metric
+:class:`pipeline.engine.run_loop.Task`; the loop owns the run directory, checkpoints, resume and metric
 files, and every epoch ends with an evaluation on the test split's fixed view.
 """
 from __future__ import annotations
@@ -18,21 +18,22 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from pipeline.accuracy import accuracy, fixed_view_replayer, predictions
-from pipeline.checkpoint import CheckpointError, load_state_strict, save_model, unwrap
-from pipeline.config import Config
-from pipeline.few_shot.ghost_bn import set_bn_batch
+from pipeline.student.accuracy import accuracy, fixed_view_replayer, predictions
+from pipeline.engine.checkpoint import CheckpointError
+from pipeline.models.files import load_state_strict, save_model, unwrap
+from pipeline.config.schema import Config
+from pipeline.scenarios.few_shot.ghost_bn import set_bn_batch
 from pipeline.objectives import Objective, build_objective
-from pipeline.resource_checks import check_batch
-from pipeline.run_loop import RunLoop, StepOut, Task
-from pipeline.runtime import RunError, setup, stderr_console
-from pipeline.sel_cl.selected import keep_selected
-from pipeline.sources.registry import Splits, load_run_splits
-from pipeline.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec
-from pipeline.student_data import StudentData
-from pipeline.student_step import StudentStep
-from pipeline.teacher import open_teacher
-from pipeline.train_setup import build_model, build_optimizer
+from pipeline.engine.resource_checks import check_batch
+from pipeline.engine.run_loop import RunLoop, StepOut, Task
+from pipeline.engine.runtime import RunError, setup, stderr_console
+from pipeline.scenarios.sel_cl.selected import keep_selected
+from pipeline.data.sources.registry import Splits, load_run_splits
+from pipeline.student.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec
+from pipeline.student.data import StudentData
+from pipeline.student.step import StudentStep
+from pipeline.student.teacher import open_teacher
+from pipeline.student.setup import build_model, build_optimizer
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
@@ -45,8 +46,8 @@ EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("test_acc
 class Trainer(StudentData, StudentStep, Task):
     """One supervised or student run; see the module docstring.
 
-    The data side (order, views, store shard) is :class:`~pipeline.student_data.StudentData`, the
-    step's maths :class:`~pipeline.student_step.StudentStep`. The benchmarks drive its public steps
+    The data side (order, views, store shard) is :class:`~pipeline.student.data.StudentData`, the
+    step's maths :class:`~pipeline.student.step.StudentStep`. The benchmarks drive its public steps
     one by one: ``prepare()`` (data, teacher, model, optimizer, replayers), ``epoch_sources(e)``
     (the epoch's view params and cached logits), ``make_train_replayer(e)`` and
     ``train_step(batch, e, s)`` (one optimizer step and its metrics).

@@ -15,7 +15,7 @@ Layout (docs/design.md, "The store"):
 
 Stage 2 reads a whole view (:meth:`SoftLabelStore.read_view`) or only the rows one rank consumes
 (:meth:`SoftLabelStore.read_rows` / :meth:`SoftLabelStore.iter_rows`: only the chunks holding them
-are decoded and checked, one at a time; ``pipeline/shard_reader.py`` builds on them).
+are decoded and checked, one at a time; ``store/shard_reader.py`` builds on them).
 
 Group attributes hold the schema version, teacher, dataset and view-policy descriptions and
 ``status``: "creating" from the first file written until every array and the manifest exist (an

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from pipeline.data.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 

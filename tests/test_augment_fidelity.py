@@ -19,13 +19,13 @@ import torch
 from PIL import Image, ImageFilter
 from timm.data.random_erasing import RandomErasing
 
-from pipeline.config import load_config
-from pipeline.loader import ViewReplayer
-from pipeline.mixing import MixConfig, batch_rng, draw, mix_images
-from pipeline.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
-from pipeline.specs import student_augment
+from pipeline.config.schema import load_config
+from pipeline.data.loader import ViewReplayer
+from pipeline.data.mixing import MixConfig, batch_rng, draw, mix_images
+from pipeline.data.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from pipeline.student.specs import student_augment
 from pipeline.train_student import Trainer
-from pipeline.timm_augment import (
+from pipeline.data.timm_augment import (
     AUTO_AUGMENT_ORIGINAL,
     BINS_PER_LEVEL,
     MAX_LEVEL,
@@ -40,7 +40,7 @@ from pipeline.timm_augment import (
     op_negated,
     op_param_table,
 )
-from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
+from pipeline.data.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_OPS = sorted(set(RAND_OPS) | set(RAND_OPS_INCREASING) | set(augment_names(StudentAugment("auto_augment"))))

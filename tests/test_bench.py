@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.sources.fashion_mnist import DEBIAN_DIR
+from pipeline.data.sources.fashion_mnist import DEBIAN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_dali_replay_floor_bench() -> None:
     us = res["us_per_image"]
     assert set(us) == {"feed", "slice", "replay"} and all(v > 0 for v in us.values())
     assert all(len(t) == 2 for t in res["seconds"].values())
-    assert "`pipeline.views.replay`" in table
+    assert "`pipeline.data.views.replay`" in table
 
 
 def test_cache_cost_bench_pairs_store_runs_with_online_runs(fmnist_dir, tmp_path) -> None:
@@ -94,10 +94,10 @@ def test_cache_cost_bench_pairs_store_runs_with_online_runs(fmnist_dir, tmp_path
 
 
 def test_store_scale_bench_uses_the_stores_view_param_width():
-    """The bench hard-codes the width to stay DALI-free; it must follow pipeline.views."""
+    """The bench hard-codes the width to stay DALI-free; it must follow pipeline.data.views."""
     import importlib.util
 
-    from pipeline.views import PARAM_DIM
+    from pipeline.data.views import PARAM_DIM
 
     spec = importlib.util.spec_from_file_location("store_scale", Path(__file__).resolve().parent.parent / "bench" / "store_scale.py")
     mod = importlib.util.module_from_spec(spec)

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import load_model
-from pipeline.config import load_config
-from pipeline.loader import ViewReplayer, crop_size_for
+from pipeline.models.files import load_model
+from pipeline.config.schema import load_config
+from pipeline.data.loader import ViewReplayer, crop_size_for
 from pipeline.objectives import build_objective
-from pipeline.sources.registry import train_and_test
-from pipeline.specs import teacher_spec, view_policy
+from pipeline.data.sources.registry import train_and_test
+from pipeline.student.specs import teacher_spec, view_policy
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import fails, ok
 

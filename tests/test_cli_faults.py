@@ -13,8 +13,8 @@ import typer
 import yaml
 
 import cli
-from pipeline.config import MAX_YAML_NODES, ConfigError, load_config
-from pipeline.resource_checks import max_threads
+from pipeline.config.schema import MAX_YAML_NODES, ConfigError, load_config
+from pipeline.engine.resource_checks import max_threads
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import fails, ok
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config.schema import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ONLINE = sorted(CONFIGS.glob("**/*_online.yaml"))
@@ -84,7 +84,7 @@ def test_run_files_follow_the_umask(tmp_path: Path) -> None:
     """Atomic writes went through mkstemp's 0600; other tools give 0666 & ~umask."""
     import os
 
-    from pipeline.checkpoint import write_json
+    from pipeline.engine.checkpoint import write_json
 
     old = os.umask(0o022)
     try:

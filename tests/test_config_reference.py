@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config
-from pipeline.config_reference import OUTPUT, SCHEMAS, keys, render
+from pipeline.config.schema import Config
+from pipeline.config.reference import OUTPUT, SCHEMAS, keys, render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_generated_reference_is_up_to_date() -> None:
-    assert OUTPUT.read_text() == render(), "run `python -m pipeline.config_reference`"
+    assert OUTPUT.read_text() == render(), "run `python -m pipeline.config.reference`"
 
 
 def _section_rows(page: str, section: str) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.demo import QUICK_EPOCHS, WEAK_ONLY
+from pipeline.experiments.demo import QUICK_EPOCHS, WEAK_ONLY
 from tests.cli_run import invoke
 
 
@@ -34,7 +34,7 @@ def test_quick_demo_over_two_seeds_reports_spread_and_pairs(fmnist_dir, tmp_path
 
 def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_path):
     """The full demo's table on written results: 3 seeds, PGR per seed, paired rows with hand-checked values."""
-    from pipeline.demo import WITH_GT, demo_table
+    from pipeline.experiments.demo import WITH_GT, demo_table
 
     acc = {"weak_teacher": [0.75, 0.76, 0.74], "strong_ceiling": [0.89, 0.90, 0.88],
            "student_kd": [0.76, 0.77, 0.75], "student_augconf": [0.76, 0.76, 0.76],

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.report import report
-from pipeline.run_dir import RunDir
-from pipeline.run_loop import epoch_selection
+from pipeline.experiments.report import report
+from pipeline.engine.run_dir import RunDir
+from pipeline.engine.run_loop import epoch_selection
 from tests.cli_run import invoke, ok
 
 LAST, AT_VAL, BEST_TEST = ("test acc, last epoch (%)", "test acc, at best val epoch (%)",

@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from pipeline.checkpoint import load_model
-from pipeline.config import ConfigError
-from pipeline.few_shot import EpisodeLayout, MetaTrainer, epoch_batches, load_few_shot_config
-from pipeline.run_loop import RunLoop
+from pipeline.models.files import load_model
+from pipeline.config.schema import ConfigError
+from pipeline.scenarios.few_shot import EpisodeLayout, MetaTrainer, epoch_batches, load_few_shot_config
+from pipeline.engine.run_loop import RunLoop
 from tests.cli_run import fails, ok
 from tests.formats import dump_py2
 
@@ -216,7 +216,7 @@ def test_fmnist_base_classes_train_and_novel_classes_evaluate(fmnist_dir: Path, 
     data = _sets(data__data_dir=str(fmnist_dir))
     teacher = _ok(["train-teacher", CONFIGS / "fmnist_teacher_mlp.yaml", *data,
                    *_sets(optim__epochs=1, run__output=str(tmp_path / "teacher"))])
-    from pipeline.sources.fashion_mnist import load_fashion_mnist
+    from pipeline.data.sources.fashion_mnist import load_fashion_mnist
 
     train = load_fashion_mnist("train", fmnist_dir)
     test = load_fashion_mnist("test", fmnist_dir)

@@ -1,4 +1,4 @@
-"""Ghost-batch BatchNorm (``pipeline.few_shot.ghost_bn``): the paper's per-GPU DataParallel BN statistic on one device.
+"""Ghost-batch BatchNorm (``pipeline.scenarios.few_shot.ghost_bn``): the paper's per-GPU DataParallel BN statistic on one device.
 
 The layer maths against explicit DataParallel-style replicas (outputs, gradients, running statistics),
 then the two stages that use it: the classifier stage (``model.bn_batch``, train-teacher) and the meta stage
@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from pipeline.checkpoint import load_model
-from pipeline.config import ConfigError, load_config
-from pipeline.few_shot import EpisodeLayout, ghost_batch_norm, load_few_shot_config, meta_train
-from pipeline.few_shot.data import embed
+from pipeline.models.files import load_model
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.scenarios.few_shot import EpisodeLayout, ghost_batch_norm, load_few_shot_config, meta_train
+from pipeline.scenarios.few_shot.data import embed
 from pipeline.models import create
-from pipeline.runtime import RunError
+from pipeline.engine.runtime import RunError
 from pipeline.train_student import train
 
 ROOT = Path(__file__).resolve().parent.parent

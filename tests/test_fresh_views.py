@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.sources.registry import load_splits
-from pipeline.specs import view_policy
+from pipeline.config.schema import load_config
+from pipeline.data.sources.registry import load_splits
+from pipeline.student.specs import view_policy
 from pipeline.train_student import Trainer
-from pipeline.views import ViewPolicy, sample_params
+from pipeline.data.views import ViewPolicy, sample_params
 from tests.cli_run import fails, ok
 
 

@@ -18,17 +18,17 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from pipeline.accuracy import fixed_view_replayer, fixed_view_stream
-from pipeline.config import load_config
+from pipeline.student.accuracy import fixed_view_replayer, fixed_view_stream
+from pipeline.config.schema import load_config
 from pipeline.infer_teacher import infer
-from pipeline.loader import ViewReplayer
-from pipeline.sources.base import ArraySource
-from pipeline.sources.cifar import CIFAR100_MEAN, CIFAR100_STD
-from pipeline.sources.image_folder import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
-from pipeline.specs import student_augment, student_spec, view_policy
-from pipeline.timm_augment import fill_color
+from pipeline.data.loader import ViewReplayer
+from pipeline.data.sources.base import ArraySource
+from pipeline.data.sources.cifar import CIFAR100_MEAN, CIFAR100_STD
+from pipeline.data.sources.image_folder import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
+from pipeline.student.specs import student_augment, student_spec, view_policy
+from pipeline.data.timm_augment import fill_color
 from pipeline.train_student import Trainer
-from pipeline.views import pixel_boxes, sample_params
+from pipeline.data.views import pixel_boxes, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent

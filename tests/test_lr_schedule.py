@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OptimConfig, load_config
-from pipeline.runtime import RunError
-from pipeline.sel_cl.pretrain import build_schedule
-from pipeline.train_setup import build_optimizer, build_scheduler
+from pipeline.config.schema import OptimConfig, load_config
+from pipeline.engine.runtime import RunError
+from pipeline.scenarios.sel_cl.pretrain import build_schedule
+from pipeline.student.setup import build_optimizer, build_scheduler
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TRAIN = "classification/train.py (timm 0.6.12 create_scheduler, lr_scheduler.step(epoch + 1) after each epoch)"
@@ -123,7 +123,7 @@ def test_sel_cl_pretrain_lr_per_update():
 def test_few_shot_meta_lr_is_constant():
     """The meta stage's lr is upstream's constant 1e-3: train_meta.py's make_optimizer gets no milestones, so no
     scheduler (few_shot_leaerning/config/meta/train_meta_mini_kd_adapt_conf.yaml; MetaTrainer makes none either)."""
-    from pipeline.few_shot.config import load_few_shot_config
+    from pipeline.scenarios.few_shot.config import load_few_shot_config
 
     cfg = load_few_shot_config(CONFIGS / "few_shot/mini_meta_adaptconf.yaml", [])
     assert cfg.meta.lr == pytest.approx(1e-3)

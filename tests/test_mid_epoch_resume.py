@@ -64,7 +64,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(fmnist_dir, tmp_p
 
 
 def test_step_checkpoint_interval_is_checked():
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config.schema import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="run.checkpoint_every_steps must be >= 0"):
         load_config(None, ["run.checkpoint_every_steps=-1"])

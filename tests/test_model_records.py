@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.checkpoint import load_model
+from pipeline.models.files import load_model
 from tests.cli_run import invoke, ok
 
 

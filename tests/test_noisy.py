@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.sources.registry import load_run_splits, load_splits
+from pipeline.config.schema import load_config
+from pipeline.data.sources.registry import load_run_splits, load_splits
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import invoke, ok
 from tests.formats import write_cifar100

@@ -16,12 +16,12 @@ import torch
 import yaml
 from safetensors.numpy import load_file
 
-from pipeline.checkpoint import load_state
-from pipeline.config import Config, ConfigError, load_config
-from pipeline.config_checks import RULES
-from pipeline.few_shot import FewShotConfig, load_few_shot_config
-from pipeline.nonfinite import MAX_SKIPPED_STEPS, SkippedSteps, check_step
-from pipeline.runtime import RunError
+from pipeline.engine.checkpoint import load_state
+from pipeline.config.schema import Config, ConfigError, load_config
+from pipeline.config.checks import RULES
+from pipeline.scenarios.few_shot import FewShotConfig, load_few_shot_config
+from pipeline.engine.nonfinite import MAX_SKIPPED_STEPS, SkippedSteps, check_step
+from pipeline.engine.runtime import RunError
 from tests.cli_run import fails, invoke, ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(fmnist_dir: Path, tmp_path: Pat
 
 
 def test_few_shot_meta_stops_at_a_nan_loss(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.few_shot.meta as fs
+    import pipeline.scenarios.few_shot.meta as fs
 
     data = ["--set", f"data.data_dir={fmnist_dir}", "--set", "data.limit=600", "--set", "run.num_threads=1"]
     ok(["train-teacher", str(ROOT / "configs/few_shot/fmnist_teacher_mlp.yaml"), *data, "--set", "optim.epochs=1",
@@ -268,7 +268,7 @@ def test_fp16_stops_after_a_run_of_skipped_steps() -> None:
 def _rank(rank: int, port: int, results) -> None:  # type: ignore[no-untyped-def]
     import torch.distributed as dist
 
-    from pipeline.runtime import Dist
+    from pipeline.engine.runtime import Dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

@@ -148,7 +148,7 @@ def test_adaptconf_warmup_scales_beta():
     assert build_objective("adaptconf").adaptconf_warmup(0, 20) == 1.0  # warmup_rate 0: no warm-up
     with pytest.raises(ValueError, match="warmup_style must be one of few_shot, sel_cl"):
         build_objective("adaptconf", warmup_rate=0.25, warmup_style="linear")
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config.schema import ConfigError, load_config
 
 
     with pytest.raises(ConfigError, match="objective.warmup_style must be one of few_shot, sel_cl, got 'linear'"):
@@ -157,7 +157,7 @@ def test_adaptconf_warmup_scales_beta():
 
 def test_defaults_are_the_papers():
     """classification train.py: --superalignment-rate 0.3, --superalignment-threshold 0.5, --kd-temperature 1."""
-    from pipeline.config import ObjectiveConfig
+    from pipeline.config.schema import ObjectiveConfig
 
     obj, cfg = build_objective("augconf"), ObjectiveConfig()
     assert (obj.rate, obj.max_weight, obj.kd_temperature) == (0.3, 0.5, 1.0)
@@ -249,7 +249,7 @@ def test_config_section_comes_from_the_registry():
     """The objective section's keys and checks are the objectives' own declarations."""
     from dataclasses import fields
 
-    from pipeline.config import ConfigError, ObjectiveConfig, load_config
+    from pipeline.config.schema import ConfigError, ObjectiveConfig, load_config
     from pipeline.objectives import objective_params
 
     params = objective_params()

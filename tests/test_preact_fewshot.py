@@ -10,7 +10,7 @@ import torch
 
 import pipeline.models.fewshot_backbones  # noqa: F401  (registers fs_* models)
 import pipeline.models.preact_resnet  # noqa: F401  (registers preact_resnet*)
-from pipeline.few_shot import (
+from pipeline.scenarios.few_shot import (
     cosine_logits,
     episode_sampler,
     evaluate_episodes,

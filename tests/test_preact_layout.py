@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.preact_resnet import PreActBlock  # importing registers preact_resnet*
-from pipeline.sel_cl.steps import SelCLNet
+from pipeline.scenarios.sel_cl.steps import SelCLNet
 
 # Leaf modules and functional ops in execution order; "relu" / "pool" are upstream's F.relu / F.adaptive_avg_pool2d.
 ORDER = {

@@ -13,8 +13,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import pipeline.models  # noqa: F401  (registers the CIFAR zoo in timm)
-from pipeline.checkpoint import CheckpointError
-from pipeline.pretrained import LoadReport, detect_kind, load_pretrained, read_checkpoint
+from pipeline.engine.checkpoint import CheckpointError
+from pipeline.models.pretrained import LoadReport, detect_kind, load_pretrained, read_checkpoint
 
 # a tiny ViT with the MAE / timm layout: 32x32 input, 8x8 patches -> 4x4 grid + cls token
 IMG, PATCH, DIM, DEPTH, HEADS, DEC_DIM = 32, 8, 48, 2, 3, 32

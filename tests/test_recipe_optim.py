@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config.schema import load_config
 from pipeline.models import create
-from pipeline.student_step import StudentStep
-from pipeline.train_setup import build_optimizer
+from pipeline.student.step import StudentStep
+from pipeline.student.setup import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
-from pipeline.few_shot import load_few_shot_config
+from pipeline.config.schema import load_config
+from pipeline.scenarios.few_shot import load_few_shot_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

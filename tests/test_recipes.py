@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.mixing import (
+from pipeline.data.mixing import (
     MixConfig,
     batch_rng,
     draw,
@@ -96,7 +96,7 @@ def test_cifar100_row_full_pipeline(cifar_dir, tmp_path, row, teacher):
 
 
 def test_cifar100_configs_hold_the_paper_hyper_parameters():
-    from pipeline.config import load_config
+    from pipeline.config.schema import load_config
     cfg = load_config(ROOT / "configs/cifar100/vgg13_vgg8_adaptconf.yaml")
     assert (cfg.optim.epochs, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.batch_per_process) == (240, 0.2, 512, 64)
     assert (cfg.optim.weight_decay, cfg.optim.min_lr, cfg.optim.warmup_epochs, cfg.optim.nesterov) == (5e-4, 2e-3, 10, True)

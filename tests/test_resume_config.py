@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.run_dir import RESUME_FREE, first_difference
+from pipeline.engine.run_dir import RESUME_FREE, first_difference
 from tests.cli_run import fails, ok
 
 

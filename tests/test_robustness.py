@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from cli import app
 
-from pipeline.runtime import RunLock
+from pipeline.engine.runtime import RunLock
 from store.soft_label_store import SoftLabelStore
 from tests.conftest import write_idx
 
@@ -229,7 +229,7 @@ def test_student_step_checkpoint_sigkill_resume_is_exact(base, tmp_path, mode, n
     _kill_tree(proc)
     _wait_unlocked(cut)
     assert not (cut / "result.json").exists()
-    from pipeline.checkpoint import load_state
+    from pipeline.engine.checkpoint import load_state
 
     done = int(load_state(ckpt / "step.pt")["step"])
     assert done % every == 0 and 0 < done < 64  # 1024 samples / 16 per step
@@ -380,7 +380,7 @@ def test_full_disk_leaves_previous_checkpoint_intact(base, tmp_path, monkeypatch
 
     import torch
 
-    from pipeline.checkpoint import save_state
+    from pipeline.engine.checkpoint import save_state
 
     path = tmp_path / "state.pt"
     save_state(path, {"epoch": 1})

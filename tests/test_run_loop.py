@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ConfigError, load_config
-from pipeline.run_loop import MetricSums
-from pipeline.runtime import Dist
-from pipeline.trackers import Trackers, scalars
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.engine.run_loop import MetricSums
+from pipeline.engine.runtime import Dist
+from pipeline.engine.trackers import Trackers, scalars
 from tests.cli_run import fails, ok
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Sel-CL core (pipeline.sel_cl) against references written here from the definitions, with explicit loops."""
+"""Sel-CL core (pipeline.scenarios.sel_cl) against references written here from the definitions, with explicit loops."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.sel_cl import (
+from pipeline.scenarios.sel_cl import (
     RUN_SETTINGS,
     KeyMemory,
     QueueBatch,

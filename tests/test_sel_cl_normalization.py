@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.accuracy import fixed_view_stream
-from pipeline.config import load_config
-from pipeline.runtime import stderr_console
-from pipeline.sel_cl.pretrain import SelCLTrainer
+from pipeline.student.accuracy import fixed_view_stream
+from pipeline.config.schema import load_config
+from pipeline.engine.runtime import stderr_console
+from pipeline.scenarios.sel_cl.pretrain import SelCLTrainer
 from pipeline.train_student import Trainer
 from tests.cli_run import ok
 from tests.formats import dump_py2

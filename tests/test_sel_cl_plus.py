@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.numpy import load_file
 
-from pipeline.sources.registry import load_run_splits
+from pipeline.data.sources.registry import load_run_splits
 from pipeline.train_student import Trainer
 from tests.cli_run import fails, ok
 
@@ -95,7 +95,7 @@ def test_corrected_target_is_the_bootstrapped_mix() -> None:
     fake = SimpleNamespace(clean_replayer=Rep(), train_src=src, policy=None, net=lambda x: logits,
                            memory_format=torch.contiguous_format, _autocast=torch.no_grad,
                            cfg=SimpleNamespace(noisy=SimpleNamespace(bootstrap=0.2)))
-    import pipeline.student_step as ts
+    import pipeline.student.step as ts
 
     orig = ts.sample_params
     ts.sample_params = lambda policy, idx, view, hw: np.zeros((len(idx), 5), np.float32)

@@ -17,8 +17,8 @@ import yaml
 from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.sel_cl.augment import ComplexAugment, color_jitter, crop_boxes, resized_crops, step_rng, to_float
-from pipeline.sel_cl.steps import SelCLNet, key_encoder
+from pipeline.scenarios.sel_cl.augment import ComplexAugment, color_jitter, crop_boxes, resized_crops, step_rng, to_float
+from pipeline.scenarios.sel_cl.steps import SelCLNet, key_encoder
 from tests.cli_run import fails, invoke, ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,8 @@ def test_key_encoder_normalizes_with_batch_statistics():
 
 
 def test_schedule_is_upstreams_warmup_then_steps():
-    from pipeline.config import load_config
-    from pipeline.sel_cl.pretrain import build_schedule
+    from pipeline.config.schema import load_config
+    from pipeline.scenarios.sel_cl.pretrain import build_schedule
 
     cfg = load_config(None, ["optim.lr=0.1", "optim.milestones=[3,5]", "optim.decay_rate=0.1",
                              "sel_cl.lr_warmup_epochs=2", "sel_cl.lr_warmup_multiplier=100"])
@@ -116,7 +116,7 @@ def test_schedule_is_upstreams_warmup_then_steps():
 
 
 def test_tiny_run_selects_cleaner_examples_and_writes_a_loadable_model(reference):
-    from pipeline.checkpoint import load_model
+    from pipeline.models.files import load_model
 
     run, result, seconds = reference
     assert {"role", "model", "epochs", "test_acc", "selected", "selection_precision", "selection_recall",

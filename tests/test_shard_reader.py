@@ -1,4 +1,4 @@
-"""Per-rank shard reads: ``SoftLabelStore.read_rows``, ``pipeline.shard_reader.ShardReader`` and the chunked order."""
+"""Per-rank shard reads: ``SoftLabelStore.read_rows``, ``store.shard_reader.ShardReader`` and the chunked order."""
 from __future__ import annotations
 
 import threading
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.loader import chunked_shard_batches, chunked_shard_order, epoch_order, shard_batches
-from pipeline.shard_reader import ShardReader
+from pipeline.data.loader import chunked_shard_batches, chunked_shard_order, epoch_order, shard_batches
+from store.shard_reader import ShardReader
 from store.chunks import ReadStats, StoreError, _crc
 from store.soft_label_store import SoftLabelStore
 

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.label_noise import NOISE_MODES, asym_cifar10_map, asym_cifar100_map, inject_noise
-from pipeline.sources.base import ArraySource, DataError
-from pipeline.sources.cifar import (CIFAR10_MEAN, CIFAR100_STD, cifar100_coarse_labels,
+from pipeline.data.sources.label_noise import NOISE_MODES, asym_cifar10_map, asym_cifar100_map, inject_noise
+from pipeline.data.sources.base import ArraySource, DataError
+from pipeline.data.sources.cifar import (CIFAR10_MEAN, CIFAR100_STD, cifar100_coarse_labels,
                                     cifar100_coarse_of_fine, load_cifar)
-from pipeline.sources.class_split import split_classes
-from pipeline.sources.mini_imagenet import IMAGENET_MEAN, load_mini_imagenet
-from pipeline.sources.safe_pickle import safe_load
+from pipeline.data.sources.class_split import split_classes
+from pipeline.data.sources.mini_imagenet import IMAGENET_MEAN, load_mini_imagenet
+from pipeline.data.sources.safe_pickle import safe_load
 from tests.formats import dump_py2
 
 

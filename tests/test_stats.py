@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from pipeline.report import Group, RunResult, plus_minus, markdown, paired, summarize
-from pipeline.stats import mean_std, paired_difference
+from pipeline.experiments.report import Group, RunResult, plus_minus, markdown, paired, summarize
+from pipeline.experiments.stats import mean_std, paired_difference
 
 
 def test_one_seed_has_no_spread():

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from pipeline.report import find_runs, group_runs, pgr, summarize
+from pipeline.experiments.report import find_runs, group_runs, pgr, summarize
 
 runner = CliRunner()
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches
-from pipeline.sources.base import ArraySource
-from pipeline.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
+from pipeline.data.loader import ViewReplayer, crop_size_for, epoch_order, shard_batches
+from pipeline.data.sources.base import ArraySource
+from pipeline.data.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
 
 
 def test_params_are_a_pure_function_of_seed_sample_view():

@@ -29,7 +29,7 @@ from pipeline.models import (  # noqa: F401  (importing registers the models in 
     small,
 )
 from pipeline.models.record import RESERVED_KWARGS
-from pipeline.resource_checks import machine_memory
+from pipeline.engine.resource_checks import machine_memory
 
 # copies of the weights training holds at once: weights, gradients and two optimizer moments (Adam)
 TRAINING_COPIES = 4

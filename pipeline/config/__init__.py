@@ -1,0 +1,1 @@
+"""Configuration: the typed schema, its value checks and the generated key reference."""

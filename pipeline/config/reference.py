@@ -1,0 +1,60 @@
+"""The config reference generated from the dataclasses: every key, its type and default (``docs/config_keys.md``).
+
+``python -m pipeline.config.reference`` rewrites the file; ``tests/test_config_reference.py``
+fails when it is stale, or when a key has no row in the hand-written ``docs/configuration.md``
+(or, for the few-shot and noisy-label schemas, their scenario pages).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.config.schema import Config
+from pipeline.scenarios.few_shot.config import FewShotConfig
+
+SCHEMAS: dict[str, tuple[type, str]] = {
+    "pipeline (w2s train-teacher, train-student, infer-teacher, sweep)": (Config, "configuration.md"),
+    "few-shot (w2s few-shot eval / meta)": (FewShotConfig, "scenarios/few_shot.md"),
+}
+OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "config_keys.md"
+
+
+def _type_name(tp: Any) -> str:
+    text = str(tp).replace("typing.", "")
+    return tp.__name__ if isinstance(tp, type) else text
+
+
+def keys(schema: type, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted key, type, default) of every leaf of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(schema)
+    default = schema()
+    for f in dataclasses.fields(schema):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from keys(type(value), f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", _type_name(hints[f.name]), value
+
+
+def render() -> str:
+    out = ["# Config keys (generated)", "",
+           "Generated from the config dataclasses by `python -m pipeline.config.reference`; do not edit.",
+           "What each key means: [configuration.md](configuration.md) and the scenario pages.", ""]
+    for title, (schema, page) in SCHEMAS.items():
+        out += [f"## {title}", "", f"Meanings: [{page}]({page}).", "", "| key | type | default |", "|---|---|---|"]
+        out += [f"| `{k}` | `{t}` | `{v!r}` |".replace(" | None`", " \\| None`") for k, t, v in keys(schema)]
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    OUTPUT.write_text(render())
+    print(f"wrote {OUTPUT.name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: dataset sources, view policies, DALI replay, augmentation and mixing."""

@@ -1,4 +1,0 @@
-"""Dataset readers; each returns an :class:`ArraySource` (images in memory) or a file list."""
-from pipeline.sources.base import ArraySource, DataError
-
-__all__ = ["ArraySource", "DataError"]
