@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pipeline.scenarios  # noqa: E402,F401  (registers the built-in scenarios: pipeline/scenario.py)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Weak-to-strong training with cached teacher soft labels (docs/design.md).")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+import pipeline.scenarios  # noqa: F401  (registers the built-in scenarios, as the CLI does)
 from pipeline.models.files import save_model
 from pipeline.config.schema import Config, load_config
 from pipeline.models import create

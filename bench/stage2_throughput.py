@@ -93,18 +93,18 @@ Batches = Iterator[tuple[int, int, Batch]]  # (epoch, step within the epoch, bat
 
 def trainer_batches(tr: Trainer) -> Batches:
     """Epoch after epoch, the batches ``RunLoop.train_epoch`` trains on: view params and teacher
-    logits from ``Trainer.epoch_sources`` (the store's view of the epoch, or drawn params in online
+    logits from ``Trainer.data.epoch_sources`` (the store's view of the epoch, or drawn params in online
     mode), replayed by the Trainer's ``ViewReplayer`` in ``stream()``'s prefetch thread."""
-    model = tr.model
+    model, data = tr.model, tr.data
     for epoch in itertools.count():
-        if epoch > 0 and tr.augment.active:
-            tr.train_replayer = tr.make_train_replayer(epoch)
-        params_of, logits_of = tr.epoch_sources(epoch)
+        if epoch > 0 and data.augment.active:
+            data.train_replayer = data.make_train_replayer(epoch)
+        params_of, logits_of = data.epoch_sources(epoch)
         order = epoch_order(len(tr.train_src), epoch, tr.cfg.run.seed, shuffle=True)
         batches = shard_batches(order, tr.global_batch, tr.dist.rank, tr.dist.world, drop_last=True)
         model.train()
-        with contextlib.closing(stream(tr.train_src, batches, tr.train_replayer, params_of, logits_of,
-                                       tr.labels)) as it:
+        with contextlib.closing(stream(tr.train_src, batches, data.train_replayer, params_of, logits_of,
+                                       data.labels)) as it:
             for step, b in enumerate(it):
                 yield epoch, step, b
 

@@ -5,10 +5,9 @@ written after its data, so a rerun of the same command computes only the missing
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,14 @@ from pipeline.config.schema import Config, TeacherConfig
 from pipeline.data.loader import ViewReplayer, crop_size_for, stream
 from pipeline.models.pretrained import load_teacher
 from pipeline.engine.resource_checks import check_batch, check_store_size
-from pipeline.engine.runtime import RunError, barrier, main_lock, setup, stderr_console
+from pipeline.engine.runtime import RunError, barrier, env_rank, setup, stderr_console
 from pipeline.data.sources.base import Source
-from pipeline.scenarios.sel_cl.selected import keep_selected
+from pipeline.scenario import training_rows
 from pipeline.data.sources.registry import train_and_test
 from pipeline.student.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
 from pipeline.data.views import PARAM_DIM, ViewPolicy, sample_params
-from store.soft_label_store import SoftLabelStore
+from store.backends import store_backend, store_lock
+from store.protocol import Store
 
 
 def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> dict[str, Any]:
@@ -45,8 +45,9 @@ def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> 
         raise RunError("teacher.store is not set (where to write the store)")
     device, info = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed)
     source, _ = train_and_test(**dataclasses.asdict(cfg.data))
-    if cfg.noisy.selection:  # the Sel-CL+ fine-tuning set
-        source = keep_selected(source, cfg.noisy.selection)
+    kept = training_rows(cfg, source)  # a scenario's rows (the Sel-CL+ fine-tuning set)
+    if kept is not None:
+        source = kept[0]
     teacher, meta, sha = load_teacher(tc.checkpoint, tc.model, source.num_classes, source.channels)
     teacher = teacher.to(device)
     if source.num_classes != meta["num_classes"]:
@@ -59,7 +60,7 @@ def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> 
     policy = view_policy(cfg)
     spec = teacher_spec(source, fed_teacher_meta(cfg, source, meta))
     check_batch("teacher.batch_size", tc.batch_size, source.channels, max(spec.size), len(source))
-    if not SoftLabelStore.exists(tc.store):
+    if not store_backend(tc.store).exists(tc.store):
         check_store_size(tc.store, len(source), policy.total_views, meta["num_classes"], tc.chunk_samples,
                          2 if tc.dtype == "float16" else 4, PARAM_DIM, cfg.views.num_views)
     attrs = {"teacher": {"model": meta["model"], "sha256": sha, "num_classes": meta["num_classes"],
@@ -68,7 +69,7 @@ def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> 
              "dataset": dataset_record(source), "view_policy": policy.describe(),
              "output_size": list(spec.size)}
     path = tc.store
-    with main_lock(store_lock_dir(path)):
+    with store_lock(path) if env_rank() == 0 else contextlib.nullcontext():  # rank 0 holds it for the job
         if info.is_main:
             store = _open_or_create(path, source.labels, policy.total_views, meta["num_classes"], tc, attrs, console)
             if repair:
@@ -76,7 +77,7 @@ def infer(cfg: Config, console: Console | None = None, repair: bool = False) -> 
                 console.print(f"store {path}: {bad} chunks failed verification" + ("; recomputing them" if bad else ""))
         barrier(info)
         if not info.is_main:
-            store = SoftLabelStore.open(path, mode="r+")
+            store = store_backend(path).open(path, mode="r+")
         if store.is_complete:
             console.print(f"store {path} is complete; nothing to do"
                           + ("" if repair else " (`--repair` verifies every chunk and recomputes the failing ones)"))
@@ -117,32 +118,25 @@ def chunk_logits(teacher: torch.nn.Module, source: Source, replayer: ViewReplaye
     return logits, params
 
 
-def store_lock_dir(store: str) -> Path:
-    """Where the stage-1 lock lives: beside a local store (``.<name>/.lock``); URLs are not locked."""
-    if "://" in store and not store.startswith("file://"):
-        return Path(tempfile.gettempdir(), "w2s-locks", store.replace("/", "_"))
-    p = Path(store.removeprefix("file://"))
-    return p.parent / f".{p.name}"
-
-
-def view_accuracy(store: SoftLabelStore) -> list[float]:
+def view_accuracy(store: Store) -> list[float]:
     """Teacher accuracy against the stored labels, per view."""
     labels = store.labels()
     return [float((store.read_view(v)[0].argmax(1) == labels).mean()) for v in range(store.num_views)]
 
 
 def _open_or_create(path: str, labels: np.ndarray, views: int, classes: int, tc: TeacherConfig,
-                    attrs: dict[str, Any], console: Console) -> SoftLabelStore:
+                    attrs: dict[str, Any], console: Console) -> Store:
     """Resume a matching store (complete or partial); recreate one whose creation was interrupted;
     refuse one made from other inputs."""
-    if SoftLabelStore.discard_unfinished(path):
+    backend = store_backend(path)
+    if backend.discard_unfinished(path):
         console.print(f"store {path} was interrupted while being created; creating it anew")
-    if SoftLabelStore.exists(path):
-        store = SoftLabelStore.open(path, mode="r+")
+    if backend.exists(path):
+        store = backend.open(path, mode="r+")
         expected = {**attrs, "teacher": {k: v for k, v in attrs["teacher"].items() if k != "checkpoint"}}
         store.check_attrs({**expected, "layout": tc.layout, "dtype": tc.dtype})
         return store
-    return SoftLabelStore.create(path, num_samples=len(labels), num_views=views, num_classes=classes,
-                                 param_dim=PARAM_DIM, chunk_samples=tc.chunk_samples, labels=labels, attrs=attrs,
-                                 layout=tc.layout, top_k=tc.top_k, dtype=tc.dtype)
+    return backend.create(path, num_samples=len(labels), num_views=views, num_classes=classes, param_dim=PARAM_DIM,
+                          chunk_samples=tc.chunk_samples, labels=labels, attrs=attrs, layout=tc.layout,
+                          top_k=tc.top_k, dtype=tc.dtype)
 

@@ -9,6 +9,7 @@ files, and every epoch ends with an evaluation on the test split's fixed view.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -16,81 +17,99 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
-from pipeline.student.accuracy import accuracy, fixed_view_replayer, predictions
-from pipeline.engine.checkpoint import CheckpointError
-from pipeline.models.files import load_state_strict, save_model, unwrap
 from pipeline.config.schema import Config
-from pipeline.scenarios.few_shot.ghost_bn import set_bn_batch
-from pipeline.objectives import Objective, build_objective
-from pipeline.engine.resource_checks import check_batch
-from pipeline.engine.run_loop import RunLoop, StepOut, Task
-from pipeline.engine.runtime import RunError, setup, stderr_console
-from pipeline.scenarios.sel_cl.selected import keep_selected
+from pipeline.data.loader import Batch, ViewReplayer
+from pipeline.data.sources.base import Source
 from pipeline.data.sources.registry import Splits, load_run_splits
-from pipeline.student.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec
-from pipeline.student.data import StudentData
-from pipeline.student.step import StudentStep
-from pipeline.student.teacher import open_teacher
+from pipeline.data.views import InputSpec, ViewPolicy
+from pipeline.engine.checkpoint import CheckpointError
+from pipeline.engine.resource_checks import check_batch
+from pipeline.engine.run_loop import Epoch, RunLoop, StepOut, Task
+from pipeline.engine.runtime import RunError, setup, stderr_console
+from pipeline.models.files import load_state_strict, save_model, unwrap
+from pipeline.models.ghost_bn import set_bn_batch
+from pipeline.objectives import Objective, build_objective
+from pipeline.scenario import target_hooks, training_rows
+from pipeline.student.accuracy import accuracy, fixed_view_replayer, predictions
+from pipeline.student.data import StoreFeed, StudentData, fresh_epoch_views
 from pipeline.student.setup import build_model, build_optimizer
+from pipeline.student.specs import dataset_record, input_spec, mix_config, student_augment, teacher_spec
+from pipeline.student.step import Precision, StudentStep, random_erasing, step_metrics
+from pipeline.student.teacher import Teacher, open_teacher
 
 METRIC_KEYS = ("epoch", "lr", "loss", "gt", "kd", "align", "weight_mean", "train_acc", "train_agreement",
                "val_acc", "test_acc", "test_agreement", "images_per_s", "epoch_s",
                "store_read_s")
-WEIGHT_BIN_COUNT = 10  # histogram bins over an objective's ``weight_range`` (AdaptConf's beta: [0, 0.5])
 EPOCH_LINE = (("loss", "loss {:.4f}"), ("train_acc", "train {:.4f}"), ("test_acc", "test {:.4f}"),
               ("weight_mean", "weight {:.3f}"), ("test_agreement", "agree {:.4f}"), ("images_per_s", "{:.0f} img/s"))
 
 
-class Trainer(StudentData, StudentStep, Task):
+class Trainer(Task):
     """One supervised or student run; see the module docstring.
 
-    The data side (order, views, store shard) is :class:`~pipeline.student.data.StudentData`, the
-    step's maths :class:`~pipeline.student.step.StudentStep`. The benchmarks drive its public steps
-    one by one: ``prepare()`` (data, teacher, model, optimizer, replayers), ``epoch_sources(e)``
-    (the epoch's view params and cached logits), ``make_train_replayer(e)`` and
-    ``train_step(batch, e, s)`` (one optimizer step and its metrics).
+    It holds the data side (order, views, store shard) as :attr:`data`, a
+    :class:`~pipeline.student.data.StudentData`, and one optimizer step's maths as :attr:`step`, a
+    :class:`~pipeline.student.step.StudentStep`; scenario target hooks read the attributes below
+    (``cfg``, ``train_src``, ``student_spec``, ``local_batch``, ``policy``, ``net``, ``memory_format``,
+    :meth:`autocast`). The benchmarks drive its public steps one by one: ``prepare()`` (data,
+    teacher, model, optimizer, replayers), ``data.epoch_sources(e)`` (the epoch's view params and
+    cached logits), ``data.make_train_replayer(e)`` and ``train_step(batch, e, s)`` (one optimizer
+    step and its metrics).
     """
 
     csv_keys = METRIC_KEYS
     epoch_line = EPOCH_LINE
+    cfg: Config
+    train_src: Source
+    val_src: Source | None
+    test_src: Source
+    objective: Objective
+    teacher: Teacher | None
+    policy: ViewPolicy
+    model: nn.Module  # the weights (saved, evaluated)
+    net: nn.Module  # what trains: the model, or its DDP / compiled wrapper
+    memory_format: torch.memory_format
+    scaler: torch.amp.GradScaler
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    global_batch: int
+    local_batch: int
+    steps_per_epoch: int
+    student_spec: InputSpec
+    precision: Precision
+    eval_replayer: ViewReplayer
+    data: StudentData
+    step: StudentStep
+    test_teacher_pred: np.ndarray | None  # the teacher's test predictions (agreement), when it has a model
 
     def __init__(self, cfg: Config, role: str, console: Console | None = None) -> None:
         self.cfg, self.role = cfg, role
         self.console = console or stderr_console()
         self.output, self.epochs = Path(cfg.run.output), cfg.optim.epochs
         self.checkpoint_every_steps, self.trackers = cfg.run.checkpoint_every_steps, cfg.run.log
-        self.read_s = 0.0  # seconds the epoch's store read took
 
     # -- setup -------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Load the data, the teacher (checking a store against the run), the model, optimizer and replayers."""
         cfg = self.cfg
         self.device, self.dist = setup(cfg.run.device, cfg.run.num_threads, cfg.run.seed, cfg.run.deterministic)
-        splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
-        if cfg.noisy.selection:  # Sel-CL+: the confident examples of a Sel-CL run
-            if splits.val is not None:
-                raise RunError("noisy.selection keeps a Sel-CL run's examples; set data.val_fraction to 0")
-            kept = keep_selected(splits.selection, cfg.noisy.selection)
-            splits = Splits(kept, kept, None, splits.test)
+        splits = run_splits(cfg)
         self.train_src, self.val_src, self.test_src = splits.train, splits.val, splits.test
-        side = max(*self.train_src.image_hw, cfg.model.input_size or 0)
-        for key, batch, src in (("optim.batch_size", cfg.optim.batch_size, self.train_src),
-                                ("optim.eval_batch_size", cfg.optim.eval_batch_size, self.test_src)):
-            check_batch(key, batch, self.train_src.channels, side, len(src))
-        self.store_rows = splits.train_rows  # the training part's rows in a store (None: all rows)
-        self.objective = self._objective()
-        self.mix, self.augment = mix_config(cfg), student_augment(cfg)
+        self.objective = run_objective(cfg, self.role)
+        mix, augment = mix_config(cfg), student_augment(cfg)
         self.teacher, self.policy = open_teacher(cfg, self.objective, splits.selection, self.device)
-        self.fresh = self._fresh_views()
+        store = self.teacher.store if self.teacher else None
+        feed = None if store is None else StoreFeed(store, rows=splits.train_rows, read_order=cfg.teacher.read_order,
+                                                    read_buffer=cfg.teacher.read_buffer)
+        fresh = fresh_epoch_views(cfg, feed, self.policy, self.epochs)
         noise = getattr(self.train_src, "noise_rate", None)
         if noise is not None and self.dist.is_main:
             self.console.print(f"label noise {cfg.data.noise_mode} at rate {cfg.data.noise_rate}: "
                                f"{100 * noise:.2f}% of the training labels differ from the clean ones")
-        self.labels = self.train_src.labels
-        if self.teacher and self.teacher.store is not None:
-            self.labels = self._rows(self.teacher.store.labels())  # the labels the teacher saw (e.g. noisy)
+        labels = self.train_src.labels if feed is None else feed.labels()
         placed = build_model(cfg.model, cfg.run, self.train_src.num_classes, self.train_src.channels, self.device,
                              self.dist, self.console)
         self.model, self.net, self.memory_format, self.scaler = (placed.model, placed.net, placed.memory_format,
@@ -100,22 +119,21 @@ class Trainer(StudentData, StudentStep, Task):
         self.optimizer, self.scheduler = opt.optimizer, opt.scheduler
         self.global_batch, self.local_batch, self.steps_per_epoch = opt.global_batch, opt.local_batch, opt.steps_per_epoch
         self.student_spec = input_spec(self.train_src, cfg.model.mean, cfg.model.std, cfg.model.input_size)
-        self.specs = [self.student_spec]
+        specs = [self.student_spec]
         if self.teacher and self.teacher.mode == "online":
-            self.specs.append(teacher_spec(self.train_src, self.teacher.meta or {}))
+            specs.append(teacher_spec(self.train_src, self.teacher.meta or {}))
+        self.precision = Precision(self.device, cfg.run.amp)
         self.eval_replayer = fixed_view_replayer(self.test_src, self.student_spec, cfg.optim.eval_batch_size,
                                                  self.policy, cfg.run.device, cfg.run.num_threads)
-        self.shard_reader = self._shard_reader()
-        self.train_replayer = self.make_train_replayer(0)
-        self.erasing = None
-        if cfg.augment.random_erasing > 0:
-            from timm.data.random_erasing import RandomErasing
-
-            self.erasing = RandomErasing(cfg.augment.random_erasing, mode="pixel", device=str(self.device))
-        self.clean_replayer = None  # label correction's un-augmented view of each training batch
-        if cfg.noisy.label_correction_from is not None:
-            self.clean_replayer = fixed_view_replayer(self.train_src, self.student_spec, self.local_batch,
-                                                      self.policy, cfg.run.device, cfg.run.num_threads)
+        self.data = StudentData(self.train_src, labels, self.policy, specs, augment, feed, self.dist, cfg.run,
+                                epochs=self.epochs, global_batch=self.global_batch, local_batch=self.local_batch,
+                                fresh=fresh, augmented=cfg.views.augmented)
+        self.step = StudentStep(self.net, self.objective, self.optimizer, self.scaler, self.precision,
+                                self.memory_format, num_classes=self.train_src.num_classes, epochs=self.epochs,
+                                seed=cfg.run.seed, mix=mix,
+                                erasing=random_erasing(cfg.augment.random_erasing, self.device),
+                                erase_before_mix=cfg.augment.erase_before_mix, teacher=self.teacher,
+                                target_hooks=target_hooks(cfg, self))  # e.g. Sel-CL+ label correction
         self.test_teacher_pred = None
         if self.teacher and self.teacher.model is not None:  # for agreement and the teacher's own accuracy
             rep = fixed_view_replayer(self.test_src, teacher_spec(self.test_src, self.teacher.meta or {}),
@@ -125,33 +143,25 @@ class Trainer(StudentData, StudentStep, Task):
     def modules(self) -> list[nn.Module]:
         return [self.model]
 
-    def _objective(self) -> Objective:
-        ob = self.cfg.objective
-        objective = build_objective(ob.name, **{k: v for k, v in dataclasses.asdict(ob).items() if k != "name"})
-        if self.role == "teacher" and objective.needs_teacher:
-            raise RunError(f"train-teacher learns the ground truth alone, but objective.name {ob.name!r} needs a teacher")
-        return objective
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return self.scaler
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The run's autocast (``run.amp``), for evaluation and scenario hooks that run the student."""
+        return self.precision.autocast()
 
     # -- an epoch ----------------------------------------------------------------------------
-    def train_step(self, b: Any, epoch: int, step: int) -> StepOut:
+    def epoch(self, epoch: int, start_step: int) -> Epoch:
+        self.scheduler.step(epoch)  # a schedule stepped per epoch sets this epoch's lr; per update: no-op
+        self.model.train()
+        return self.data.epoch(epoch, start_step)
+
+    def train_step(self, b: Batch, epoch: int, step: int) -> StepOut:
         """One optimizer step, the schedule's update (when stepped per update), and the step's named metric sums."""
-        out, zs, zt = self.optimizer_step(b, epoch, step)
+        out, zs, zt = self.step.optimizer_step(b, epoch, step)
         self.scheduler.step_update(epoch * self.steps_per_epoch + step + 1)
-        loss = out.total.item()  # the metrics below sync every step anyway
-        n = len(b.indices)
-        pred = zs.detach().argmax(1)
-        metrics: dict[str, tuple[Any, float]] = {"loss": (loss * n, n), "train_acc": ((pred == b.labels).sum().item(), n)}
-        for name, term in out.terms.items():
-            metrics[name] = (term.item() * n, n)
-        if zt is not None:
-            metrics["train_agreement"] = ((pred == zt.argmax(1)).sum().item(), n)
-        if out.sample_weight is not None:
-            metrics["weight_mean"] = (out.sample_weight.sum().item(), n)
-            if self.objective.weight_range is not None:
-                bins = np.linspace(*self.objective.weight_range, WEIGHT_BIN_COUNT + 1)
-                counts = np.histogram(out.sample_weight.detach().float().cpu().numpy(), bins=bins)[0]
-                metrics["weight_hist"] = (counts.astype(np.float64), n)
-        return StepOut(loss, metrics)
+        loss = out.total.item()  # the metrics sync every step anyway
+        return StepOut(loss, step_metrics(loss, out, zs, zt, b.labels, self.objective.weight_range))
 
     def epoch_row(self, epoch: int, means: dict[str, Any], elapsed: float) -> dict[str, Any]:
         t = self.teacher
@@ -163,7 +173,7 @@ class Trainer(StudentData, StudentStep, Task):
                        train_agreement=means["train_agreement"])
         row.update({name: means[name] for name in self.objective.terms if name not in row and name in means})
         if t is not None and t.mode == "store":
-            row["store_read_s"] = self.read_s
+            row["store_read_s"] = self.data.read_s
         for key in ("weight_mean", "weight_hist"):
             if key in means:
                 row[key] = means[key]
@@ -179,9 +189,9 @@ class Trainer(StudentData, StudentStep, Task):
             row["test_agreement"] = agreement
         return row
 
-    def _accuracy(self, src: Any, teacher_pred: np.ndarray | None) -> tuple[float, float | None]:
+    def _accuracy(self, src: Source, teacher_pred: np.ndarray | None) -> tuple[float, float | None]:
         return accuracy(self.model, src, self.eval_replayer, self.policy, self.dist, self.device, self.memory_format,
-                        self._autocast, teacher_pred)
+                        self.precision.autocast, teacher_pred)
 
     # -- state and files ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -198,6 +208,10 @@ class Trainer(StudentData, StudentStep, Task):
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        if hasattr(self, "data"):  # prepare() may have stopped before the data existed
+            self.data.close()
 
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         last, pred = history[-1], self.test_teacher_pred
@@ -219,6 +233,31 @@ class Trainer(StudentData, StudentStep, Task):
                 "in_chans": self.train_src.channels, "mean": list(spec.mean), "std": list(spec.std),
                 "input_size": spec.size[0], "dataset": dataset_record(self.train_src)})
         return result
+
+
+def run_splits(cfg: Config) -> Splits:
+    """The run's splits (a scenario may select the training rows), with the batch sizes checked against them."""
+    splits = load_run_splits(**dataclasses.asdict(cfg.data), run_seed=cfg.run.seed)
+    kept = training_rows(cfg, splits.selection)  # a scenario's rows (Sel-CL+: a Sel-CL run's selection)
+    if kept is not None:
+        if splits.val is not None:
+            raise RunError(f"the {kept[1]} scenario selects the training rows; set data.val_fraction to 0")
+        splits = Splits(kept[0], kept[0], None, splits.test)
+    train_src = splits.train
+    side = max(*train_src.image_hw, cfg.model.input_size or 0)
+    for key, batch, src in (("optim.batch_size", cfg.optim.batch_size, train_src),
+                            ("optim.eval_batch_size", cfg.optim.eval_batch_size, splits.test)):
+        check_batch(key, batch, train_src.channels, side, len(src))
+    return splits
+
+
+def run_objective(cfg: Config, role: str) -> Objective:
+    """``objective`` built from its section; a teacher's run learns the ground truth alone."""
+    ob = cfg.objective
+    objective = build_objective(ob.name, **{k: v for k, v in dataclasses.asdict(ob).items() if k != "name"})
+    if role == "teacher" and objective.needs_teacher:
+        raise RunError(f"train-teacher learns the ground truth alone, but objective.name {ob.name!r} needs a teacher")
+    return objective
 
 
 def train(cfg: Config, role: str = "student", resume: bool = False, console: Console | None = None) -> dict[str, Any]:

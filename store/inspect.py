@@ -1,7 +1,8 @@
 """Human-readable store summary and integrity check (used by ``w2s inspect``)."""
 from __future__ import annotations
 
-from store.soft_label_store import SoftLabelStore, check_provenance
+from store.attributes import check_provenance
+from store.soft_label_store import SoftLabelStore
 
 
 def summarize(path: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from store.chunks import ReadStats
-from store.soft_label_store import SoftLabelStore
+from store.protocol import Store
 from store.topk import reconstruct
 
 RowsFn = Callable[[int], tuple[int, np.ndarray]]
@@ -62,7 +62,7 @@ class EpochShard:
     ``[n, C]`` (float16 for a full store, the float32 reconstruction for a top_k one).
     """
 
-    def __init__(self, store: SoftLabelStore, epoch: int, view: int, rows: np.ndarray,
+    def __init__(self, store: Store, epoch: int, view: int, rows: np.ndarray,
                  index_to_row: np.ndarray | None, segments: int, free_consumed: bool) -> None:
         self.epoch, self.view, self.num_rows = epoch, view, len(rows)
         self.layout, self.num_classes = store.layout, store.num_classes
@@ -72,7 +72,7 @@ class EpochShard:
         self._sorted_pos = order.astype(np.int32 if len(rows) < 2**31 else np.int64)
         self.seg_len = max(1, -(-len(rows) // max(1, segments)))
         count = -(-len(rows) // self.seg_len)
-        p = store.group["view_params"].shape[-1]
+        p = store.param_dim
         self._segs: list[list[np.ndarray] | None] = []
         for s in range(count):
             m = min(self.seg_len, len(rows) - s * self.seg_len)
@@ -180,7 +180,7 @@ class ShardReader:
     epoch's read.
     """
 
-    def __init__(self, store: SoftLabelStore, rows_for_epoch: RowsFn, *, epochs: int,
+    def __init__(self, store: Store, rows_for_epoch: RowsFn, *, epochs: int,
                  index_to_row: np.ndarray | None = None, verify: bool = True, read_ahead_at: float = 0.0,
                  free_consumed: bool = False, segments: int = 32) -> None:
         if not 0.0 <= read_ahead_at < 1.0:

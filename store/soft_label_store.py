@@ -24,14 +24,18 @@ next ``infer-teacher`` creates it anew), then "partial" until :meth:`SoftLabelSt
 "complete". :meth:`SoftLabelStore.open` checks every attribute it relies on, so an edited or damaged
 ``zarr.json`` ends in one line naming the attribute. Only numpy, zarr, fsspec and pyarrow are used
 here so that other tools can read a store without torch.
+
+This is the default implementation of :class:`store.protocol.Store` (see ``store/backends.py``); its
+writer lock (:meth:`SoftLabelStore.lock`) is ``store/lock.py``'s: a flock beside a local store, a
+heartbeat lease beside one at a URL.
 """
 from __future__ import annotations
 
 import errno
 import math
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -39,15 +43,12 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
+from store.attributes import CREATING, DTYPES, LAYOUTS, SCHEMA_VERSION, check_attributes, first_mismatch
 from store.chunks import ChunkRef, StoreError, _crc
+from store.lock import writer_lock, writer_lock_held
 from store.reads import StoreReads
 from store.topk import compress, index_dtype
 
-SCHEMA_VERSION = 1
-CREATING = "creating"
-STATUSES = (CREATING, "partial", "complete")
-DTYPES = ("float16", "float32")
-LAYOUTS = ("full", "top_k")
 
 
 def _storage_options(path: str) -> dict[str, Any] | None:
@@ -55,16 +56,11 @@ def _storage_options(path: str) -> dict[str, Any] | None:
     return {"auto_mkdir": True} if path.startswith("file://") else None
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
-
-
 class SoftLabelStore(StoreReads):
     """Open or create with :meth:`create` / :meth:`open`; see the module docstring for the layout."""
+
+    name: ClassVar[str] = "zarr"
+    schemes: ClassVar[tuple[str, ...]] = ()  # none of its own: the default backend serves local paths and every fsspec URL
 
     def __init__(self, path: str, group: zarr.Group) -> None:
         self.path = str(path)
@@ -81,54 +77,11 @@ class SoftLabelStore(StoreReads):
         teacher whose logits exceed float16's range, 65504).
         """
         path = str(path)
-        if num_samples <= 0:
-            raise StoreError("cannot create a store for an empty dataset (0 samples)")
-        if layout not in LAYOUTS:
-            raise StoreError(f"unknown store layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-        if dtype not in DTYPES or (layout == "top_k" and dtype != "float16"):
-            raise StoreError(f"store dtype {dtype!r} is not one of {', '.join(DTYPES)} (top_k stores: float16 only)")
-        if layout == "top_k" and not 0 < top_k <= num_classes:
-            raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
+        _check_new(num_samples, num_classes, layout, top_k, dtype)
         with _space_for(path, "creating", "the unfinished store is removed and created anew"):
-            return cls._create(path, num_samples=num_samples, num_views=num_views, num_classes=num_classes,
+            group = _new_group(path, num_samples=num_samples, num_views=num_views, num_classes=num_classes,
                                param_dim=param_dim, chunk_samples=chunk_samples, labels=labels, attrs=attrs,
                                layout=layout, top_k=top_k, dtype=dtype)
-
-    @classmethod
-    def _create(cls, path: str, *, num_samples: int, num_views: int, num_classes: int, param_dim: int,
-                chunk_samples: int, labels: np.ndarray, attrs: dict[str, Any], layout: str, top_k: int,
-                dtype: str) -> "SoftLabelStore":
-        try:  # the first write is zarr.json saying "creating": a kill from here on leaves a recognizable store
-            group = zarr.open_group(path, mode="w-", zarr_format=3, storage_options=_storage_options(path),
-                                    attributes={"schema_version": SCHEMA_VERSION, "status": CREATING})
-        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
-            raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
-        chunk_samples = max(1, min(chunk_samples, num_samples))
-        zstd = ZstdCodec(level=3, checksum=True)
-        if layout == "full":
-            group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype=dtype,
-                               chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
-        else:
-            group.create_array("topk_values", shape=(num_samples, num_views, top_k), dtype="float16",
-                               chunks=(chunk_samples, 1, top_k), compressors=zstd, fill_value=0)
-            group.create_array("topk_indices", shape=(num_samples, num_views, top_k),
-                               dtype=index_dtype(num_classes).name, chunks=(chunk_samples, 1, top_k),
-                               compressors=zstd, fill_value=0)
-            group.create_array("tail_logsumexp", shape=(num_samples, num_views), dtype="float32",
-                               chunks=(chunk_samples, 1), compressors=zstd, fill_value=0)
-        group.create_array("view_params", shape=(num_samples, num_views, param_dim), dtype="float32",
-                           chunks=(chunk_samples, 1, param_dim), compressors=zstd, fill_value=0)
-        lab = group.create_array("labels", shape=(num_samples,), dtype="int64",
-                                 chunks=(min(num_samples, 1 << 20),), compressors=zstd, fill_value=0)
-        lab[:] = np.asarray(labels, dtype=np.int64)
-        blocks = math.ceil(num_samples / chunk_samples)
-        group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
-        _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
-                        "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
-        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",  # the store exists
-                            "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
-                            "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": dtype,
-                            "layout": layout, "top_k": top_k if layout == "top_k" else None})
         return cls(path, group)
 
     @staticmethod
@@ -153,7 +106,7 @@ class SoftLabelStore(StoreReads):
         if group.attrs.get("status") == CREATING:
             raise StoreError(f"{path} was interrupted while being created; run `w2s infer-teacher` again, "
                              "which removes it and creates it anew")
-        _check_attributes(path, group)
+        check_attributes(path, group)
         return cls(path, group)
 
     @staticmethod
@@ -172,6 +125,20 @@ class SoftLabelStore(StoreReads):
         fs.rm(root, recursive=True)
         return True
 
+    @staticmethod
+    def lock_at(path: str | Path) -> AbstractContextManager[Any]:
+        """The writer lock of a store at ``path`` (taken before it exists); see ``store/lock.py``."""
+        return writer_lock(str(path))
+
+    @staticmethod
+    def is_locked(path: str | Path) -> bool:
+        """Whether a live writer holds the lock of the store at ``path`` now."""
+        return writer_lock_held(str(path))
+
+    def lock(self) -> AbstractContextManager[Any]:
+        """This store's writer lock; :class:`store.lock.StoreBusy` while another process holds it."""
+        return writer_lock(self.path)
+
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
@@ -187,6 +154,10 @@ class SoftLabelStore(StoreReads):
     @property
     def num_classes(self) -> int:
         return int(self.group.attrs["num_classes"])
+
+    @property
+    def param_dim(self) -> int:
+        return int(self.group.attrs["param_dim"])
 
     @property
     def chunk_samples(self) -> int:
@@ -217,32 +188,19 @@ class SoftLabelStore(StoreReads):
 
     def write_chunk(self, chunk: ChunkRef, logits: np.ndarray, params: np.ndarray) -> None:
         """Write one chunk's logits (compressed for top_k) and params, then its completion record last."""
-        lg = np.asarray(logits, dtype=np.float32)
-        where = f"samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}"
-        if not np.isfinite(lg).all():
-            raise StoreError(f"teacher produced non-finite logits in {where}")
         rows = slice(chunk.start, chunk.stop)
-        if self.layout == "full":
-            with np.errstate(over="ignore"):  # an overflow is reported just below
-                data = [lg.astype(self.group["logits"].dtype)]
-        else:
-            c = compress(lg, int(self.group.attrs["top_k"]))
-            data = [c["values"], c["indices"], c["tail_lse"]]
-        if not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):  # checked after the cast
-            raise StoreError(f"teacher logits reach {float(np.abs(lg).max()):.4g} in {where}: beyond the store's "
-                             f"{data[0].dtype} (max {float(np.finfo(data[0].dtype).max):.6g}); set teacher.dtype=float32 "
-                             "(full layout) or fix the teacher, whose logits this large mean it diverged")
+        data = _encode(np.asarray(logits, dtype=np.float32), self.layout, self.group, chunk)
         with _space_for(self.path, "writing", "the chunks written so far are kept"):
             if self.layout == "full":
                 self.group["logits"][rows, chunk.view, :] = data[0]
             else:
-                self.group["topk_values"][rows, chunk.view, :] = c["values"]
-                self.group["topk_indices"][rows, chunk.view, :] = c["indices"]
-                self.group["tail_logsumexp"][rows, chunk.view] = c["tail_lse"]
+                self.group["topk_values"][rows, chunk.view, :] = data[0]
+                self.group["topk_indices"][rows, chunk.view, :] = data[1]
+                self.group["tail_logsumexp"][rows, chunk.view] = data[2]
             self.group["view_params"][rows, chunk.view, :] = np.asarray(params, dtype=np.float32)
             self.group["chunk_crc"][chunk.block, chunk.view] = _crc(*data)
 
-    def _chunk_data(self, chunk: ChunkRef) -> list[np.ndarray]:
+    def chunk_data(self, chunk: ChunkRef) -> list[np.ndarray]:
         rows = slice(chunk.start, chunk.stop)
         if self.layout == "full":
             return [self.group["logits"][rows, chunk.view, :]]
@@ -273,47 +231,114 @@ class SoftLabelStore(StoreReads):
 
     def check_attrs(self, expected: Mapping[str, Any]) -> None:
         """Raise naming the first attribute (nested key) whose value differs from ``expected``."""
-        have: dict[str, Any] = {}
-        _flatten("", self.attrs, have)
-        want: dict[str, Any] = {}
-        _flatten("", dict(expected), want)
-        for key, value in want.items():
-            if _normalize(have.get(key)) != _normalize(value):
-                raise StoreError(f"store {self.path} does not match this run: {key} is "
-                                 f"{have.get(key)!r} in the store but {value!r} here")
+        differs = first_mismatch(self.attrs, expected)
+        if differs is not None:
+            key, have, want = differs
+            raise StoreError(f"store {self.path} does not match this run: {key} is {have!r} in the store but "
+                             f"{want!r} here")
 
     def verify(self) -> list[str]:
         """Recompute every written chunk's crc; return a description of each problem found."""
-        return [problem for _, problem in self._check_all()]
-
-    def _check_all(self) -> list[tuple[ChunkRef, str]]:
-        problems: list[tuple[ChunkRef, str]] = []
-        crc = self.group["chunk_crc"][:]
-        for c in self.chunks():
-            name = f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}"
-            if crc[c.block, c.view] < 0:
-                problems.append((c, f"{name}: not written"))
-                continue
-            try:
-                data = self._chunk_data(c)
-            except Exception as exc:  # a corrupt chunk fails to decode
-                problems.append((c, f"{name}: unreadable ({type(exc).__name__}: {exc})"))
-                continue
-            if _crc(*data) != crc[c.block, c.view]:
-                problems.append((c, f"{name}: checksum mismatch"))
-            elif not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):
-                problems.append((c, f"{name}: non-finite logits"))
-        return problems
+        return [problem for _, problem in _chunk_problems(self)]
 
     def invalidate_failing(self) -> int:
         """Un-record every written chunk that fails verification and mark the store partial; how many."""
         crc = self.group["chunk_crc"]
-        bad = [c for c, problem in self._check_all() if not problem.endswith("not written")]
+        bad = [c for c, problem in _chunk_problems(self) if not problem.endswith("not written")]
         for c in bad:
             crc[c.block, c.view] = -1
         if bad:
             self.group.attrs.update({"status": "partial"})
         return len(bad)
+
+
+def _check_new(num_samples: int, num_classes: int, layout: str, top_k: int, dtype: str) -> None:
+    """Refuse the arguments of a store that could not hold anything sensible."""
+    if num_samples <= 0:
+        raise StoreError("cannot create a store for an empty dataset (0 samples)")
+    if layout not in LAYOUTS:
+        raise StoreError(f"unknown store layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if dtype not in DTYPES or (layout == "top_k" and dtype != "float16"):
+        raise StoreError(f"store dtype {dtype!r} is not one of {', '.join(DTYPES)} (top_k stores: float16 only)")
+    if layout == "top_k" and not 0 < top_k <= num_classes:
+        raise StoreError(f"top_k must be in 1..{num_classes} for the top_k layout, got {top_k}")
+
+
+def _new_group(path: str, *, num_samples: int, num_views: int, num_classes: int, param_dim: int,
+               chunk_samples: int, labels: np.ndarray, attrs: dict[str, Any], layout: str, top_k: int,
+               dtype: str) -> zarr.Group:
+    """Write a new store's empty arrays, labels and manifest; status "creating" until the last write."""
+    try:  # the first write is zarr.json saying "creating": a kill from here on leaves a recognizable store
+        group = zarr.open_group(path, mode="w-", zarr_format=3, storage_options=_storage_options(path),
+                                attributes={"schema_version": SCHEMA_VERSION, "status": CREATING})
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+        raise StoreError(f"{path} already exists and is not a store of this run; choose another path") from exc
+    chunk_samples = max(1, min(chunk_samples, num_samples))
+    zstd = ZstdCodec(level=3, checksum=True)
+    if layout == "full":
+        group.create_array("logits", shape=(num_samples, num_views, num_classes), dtype=dtype,
+                           chunks=(chunk_samples, 1, num_classes), compressors=zstd, fill_value=0)
+    else:
+        group.create_array("topk_values", shape=(num_samples, num_views, top_k), dtype="float16",
+                           chunks=(chunk_samples, 1, top_k), compressors=zstd, fill_value=0)
+        group.create_array("topk_indices", shape=(num_samples, num_views, top_k),
+                           dtype=index_dtype(num_classes).name, chunks=(chunk_samples, 1, top_k),
+                           compressors=zstd, fill_value=0)
+        group.create_array("tail_logsumexp", shape=(num_samples, num_views), dtype="float32",
+                           chunks=(chunk_samples, 1), compressors=zstd, fill_value=0)
+    group.create_array("view_params", shape=(num_samples, num_views, param_dim), dtype="float32",
+                       chunks=(chunk_samples, 1, param_dim), compressors=zstd, fill_value=0)
+    lab = group.create_array("labels", shape=(num_samples,), dtype="int64",
+                             chunks=(min(num_samples, 1 << 20),), compressors=zstd, fill_value=0)
+    lab[:] = np.asarray(labels, dtype=np.int64)
+    blocks = math.ceil(num_samples / chunk_samples)
+    group.create_array("chunk_crc", shape=(blocks, num_views), dtype="int64", chunks=(1, 1), fill_value=-1)
+    _write_parquet({"index": np.arange(num_samples, dtype=np.int64),
+                    "label": np.asarray(labels, dtype=np.int64)}, f"{path}/manifest.parquet")
+    group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "status": "partial",  # the store exists
+                        "num_samples": num_samples, "num_views": num_views, "num_classes": num_classes,
+                        "param_dim": param_dim, "chunk_samples": chunk_samples, "dtype": dtype,
+                        "layout": layout, "top_k": top_k if layout == "top_k" else None})
+    return group
+
+
+def _encode(lg: np.ndarray, layout: str, group: zarr.Group, chunk: ChunkRef) -> list[np.ndarray]:
+    """One chunk's float32 logits as the store holds them (cast, or top-k compressed), checked after the cast."""
+    where = f"samples {chunk.start}..{chunk.stop - 1}, view {chunk.view}"
+    if not np.isfinite(lg).all():
+        raise StoreError(f"teacher produced non-finite logits in {where}")
+    if layout == "full":
+        with np.errstate(over="ignore"):  # an overflow is reported just below
+            data = [lg.astype(group["logits"].dtype)]
+    else:
+        c = compress(lg, int(group.attrs["top_k"]))
+        data = [c["values"], c["indices"], c["tail_lse"]]
+    if not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):
+        raise StoreError(f"teacher logits reach {float(np.abs(lg).max()):.4g} in {where}: beyond the store's "
+                         f"{data[0].dtype} (max {float(np.finfo(data[0].dtype).max):.6g}); set teacher.dtype=float32 "
+                         "(full layout) or fix the teacher, whose logits this large mean it diverged")
+    return data
+
+
+def _chunk_problems(store: SoftLabelStore) -> list[tuple[ChunkRef, str]]:
+    """Every chunk that is not written, does not decode, fails its crc or holds non-finite values."""
+    problems: list[tuple[ChunkRef, str]] = []
+    crc = store.group["chunk_crc"][:]
+    for c in store.chunks():
+        name = f"chunk (block {c.block}, view {c.view}) samples {c.start}..{c.stop - 1}"
+        if crc[c.block, c.view] < 0:
+            problems.append((c, f"{name}: not written"))
+            continue
+        try:
+            data = store.chunk_data(c)
+        except Exception as exc:  # a corrupt chunk fails to decode
+            problems.append((c, f"{name}: unreadable ({type(exc).__name__}: {exc})"))
+            continue
+        if _crc(*data) != crc[c.block, c.view]:
+            problems.append((c, f"{name}: checksum mismatch"))
+        elif not all(np.isfinite(a).all() for a in data if a.dtype.kind == "f"):
+            problems.append((c, f"{name}: non-finite logits"))
+    return problems
 
 
 @contextmanager
@@ -328,81 +353,9 @@ def _space_for(path: str, doing: str, kept: str) -> Iterator[None]:
                          f"another teacher.store, then rerun `w2s infer-teacher`: {kept}") from exc
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _check_attributes(path: str, group: zarr.Group) -> None:
-    """Refuse a store whose attributes are missing, of the wrong type, or disagree with its arrays.
-
-    Every attribute that readers rely on is checked, so an edited or damaged ``zarr.json`` ends in one
-    line naming the attribute instead of a KeyError, a division by zero or a huge allocation later.
-    """
-    a = dict(group.attrs)
-    bad = _attribute_error(path, a)
-
-    for key in ("num_samples", "num_views", "num_classes", "param_dim", "chunk_samples"):
-        if not _is_count(a.get(key)):
-            raise bad(key, "a positive integer")
-    if a.get("status") not in STATUSES:
-        raise bad("status", " or ".join(STATUSES))
-    if a.get("layout", "full") not in LAYOUTS:
-        raise bad("layout", " or ".join(LAYOUTS))
-    if a.get("dtype", "float16") not in DTYPES:
-        raise bad("dtype", " or ".join(DTYPES))
-    if a.get("layout") == "top_k" and not (_is_count(a.get("top_k")) and a["top_k"] <= a["num_classes"]):
-        raise bad("top_k", f"an integer in 1..{a['num_classes']}")
-    if a["status"] == "complete":
-        acc = a.get("teacher_accuracy")
-        if not (isinstance(acc, list) and len(acc) == a["num_views"]
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)):
-            raise bad("teacher_accuracy", f"a list of {a['num_views']} numbers")
-    n, v, c = a["num_samples"], a["num_views"], a["num_classes"]
-    name = "logits" if a.get("layout", "full") == "full" else "topk_values"
-    k = c if name == "logits" else a["top_k"]
-    shapes = {name: (n, v, k), "view_params": (n, v, a["param_dim"]), "labels": (n,),
-              "chunk_crc": (math.ceil(n / a["chunk_samples"]), v)}
-    for array, shape in shapes.items():
-        try:
-            have = tuple(group[array].shape)
-        except KeyError:
-            raise StoreError(f"store {path}: array {array} is missing; write the store again with "
-                             "`w2s infer-teacher` to a new teacher.store path") from None
-        if have != shape:
-            raise StoreError(f"store {path}: array {array} has shape {have} but the attributes (num_samples, "
-                             f"num_views, num_classes, chunk_samples) give {shape}; its zarr.json was edited or "
-                             "damaged: write the store again with `w2s infer-teacher` to a new teacher.store path")
-
-
-def _attribute_error(path: str, attrs: Mapping[str, Any]) -> Callable[[str, str], StoreError]:
-    def bad(key: str, want: str) -> StoreError:
-        return StoreError(f"store {path}: attribute {key} is {attrs.get(key, '(missing)')!r}, expected {want}; its "
-                          "zarr.json was edited or damaged: write the store again with `w2s infer-teacher` "
-                          "to a new teacher.store path")
-    return bad
-
-
-def check_provenance(path: str, attrs: Mapping[str, Any]) -> None:
-    """Refuse a store without the teacher and dataset records that ``infer-teacher`` writes (for ``inspect``)."""
-    bad = _attribute_error(path, attrs)
-    for key, fields in (("teacher", ("model", "sha256")), ("dataset", ("source", "split", "fingerprint"))):
-        record = attrs.get(key)
-        if not isinstance(record, Mapping) or not all(isinstance(record.get(f), str) for f in fields):
-            raise bad(key, f"a mapping with string {', '.join(fields)}")
-
-
 def _write_parquet(columns: dict[str, np.ndarray], url: str) -> None:
     """Write a small table beside the arrays (a local path or an fsspec URL)."""
     import fsspec
 
     with fsspec.open(url, "wb", **(_storage_options(url) or {})) as f:
         pq.write_table(pa.table(columns), f)
-
-
-def _normalize(value: Any) -> Any:
-    """Compare lists and tuples alike (JSON attributes come back as lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_normalize(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

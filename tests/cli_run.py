@@ -32,3 +32,12 @@ def fails(args: list[str], pattern: str) -> str:
     assert pattern in joined, joined
     assert "Traceback" not in res.output
     return joined
+
+
+def one_line_failure(args: list[str], *parts: str) -> str:
+    """Run ``w2s ARGS``: a non-zero exit, no traceback, at most three lines, holding every one of ``parts``."""
+    msg = fails(args, parts[0])
+    for part in parts[1:]:
+        assert part in msg, msg
+    assert len([line for line in invoke(args).output.splitlines() if line.strip()]) <= 3
+    return msg

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline.scenarios  # noqa: F401  (registers the built-in scenarios, as the CLI does)
 from pipeline.data.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent

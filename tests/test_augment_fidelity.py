@@ -8,9 +8,7 @@ PIL (skipped when the dataset is not installed).
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,11 +18,12 @@ from PIL import Image, ImageFilter
 from timm.data.random_erasing import RandomErasing
 
 from pipeline.config.schema import load_config
-from pipeline.data.loader import ViewReplayer
+from pipeline.data.loader import Batch, ViewReplayer
 from pipeline.data.mixing import MixConfig, batch_rng, draw, mix_images
 from pipeline.data.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from pipeline.objectives import build_objective
 from pipeline.student.specs import student_augment
-from pipeline.train_student import Trainer
+from pipeline.student.step import Precision, StudentStep
 from pipeline.data.timm_augment import (
     AUTO_AUGMENT_ORIGINAL,
     BINS_PER_LEVEL,
@@ -302,8 +301,8 @@ def test_replay_resize_matches_pil_bilinear(out):
 
 # -- random erasing and mixing ----------------------------------------------------------------------
 
-def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespace, torch.Tensor]:
-    """A stand-in Trainer for ``Trainer.optimizer_step``: mixup only, erasing with probability 1, a recording net."""
+def _step_inputs(erase_before_mix: bool) -> tuple[StudentStep, Batch, torch.Tensor]:
+    """A student step on CPU: mixup only, erasing with probability 1, a recording net, lr 0."""
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -315,18 +314,13 @@ def _step_inputs(erase_before_mix: bool) -> tuple[SimpleNamespace, SimpleNamespa
             return self.fc(x.flatten(1))
 
     net = Net()
-    cfg = SimpleNamespace(run=SimpleNamespace(seed=0), optim=SimpleNamespace(epochs=1),
-                          augment=SimpleNamespace(erase_before_mix=erase_before_mix),
-                          noisy=SimpleNamespace(label_correction_from=None))
-    trainer = SimpleNamespace(
-        cfg=cfg, teacher=None, memory_format=torch.contiguous_format, mix=MixConfig(mixup=1.0),
-        objective=lambda zs, zt, target, epoch, epochs: SimpleNamespace(total=zs.sum()),
-        train_src=SimpleNamespace(num_classes=4), epochs=1, erasing=RandomErasing(1.0, mode="pixel", device="cpu"),
-        _autocast=nullcontext, net=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
-        scaler=SimpleNamespace(scale=lambda t: t, step=lambda opt: opt.step(), update=lambda: None))
+    step = StudentStep(net, build_objective("vanilla"), torch.optim.SGD(net.parameters(), lr=0.0),
+                       torch.amp.GradScaler("cuda", enabled=False), Precision(torch.device("cpu"), "none"),
+                       torch.contiguous_format, num_classes=4, epochs=1, seed=0, mix=MixConfig(mixup=1.0),
+                       erasing=RandomErasing(1.0, mode="pixel", device="cpu"), erase_before_mix=erase_before_mix)
     x = torch.arange(1.0, 5.0).mul(25).view(4, 1, 1, 1).expand(4, 3, 16, 16).contiguous()  # constant images
-    batch = SimpleNamespace(inputs=[x.clone()], teacher_logits=None, labels=torch.arange(4))
-    return trainer, batch, x
+    batch = Batch(np.arange(4), [x.clone()], torch.arange(4), None)
+    return step, batch, x
 
 
 def _seeded(fn):  # type: ignore[no-untyped-def]
@@ -339,12 +333,12 @@ def _seeded(fn):  # type: ignore[no-untyped-def]
 def test_random_erasing_order_around_mixup(erase_before_mix):
     """Before mixing (default, timm's per-sample transform): sample i's erased patch is mixed with
     sample j's pixels, not a pure noise patch. After (timm's train.py prefetcher): pure noise."""
-    trainer, batch, x = _step_inputs(erase_before_mix)
+    student_step, batch, x = _step_inputs(erase_before_mix)
     step = 3
-    mix = draw(trainer.mix, batch_rng(0, 0, step))
+    mix = draw(student_step.mix, batch_rng(0, 0, step))
     assert 0 < mix.lam < 1
-    _seeded(lambda: Trainer.optimizer_step(trainer, batch, 0, step))
-    seen = trainer.net.seen
+    _seeded(lambda: student_step.optimizer_step(batch, 0, step))
+    seen = student_step.net.seen
     eraser = RandomErasing(1.0, mode="pixel", device="cpu")
     erased = _seeded(lambda: eraser(x.clone()))
     before = mix_images(erased, mix)[0]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pipeline.models.files import load_model
 from pipeline.config.schema import load_config
@@ -19,19 +18,16 @@ from pipeline.data.sources.registry import train_and_test
 from pipeline.student.specs import teacher_spec, view_policy
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import fails, ok
+from tests.helpers import fmnist_config
 
 
 def _write_config(path: Path, data_dir: Path, out: Path, **sections) -> Path:
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(data_dir)},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2, "seed": 0},
-           "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 512,
-                       "batch_size": 256},
-           "optim": {"epochs": 2, "batch_size": 100, "eval_batch_size": 500, "lr": 0.05},
-           "run": {"output": str(out / "run")}}
-    for k, v in sections.items():
-        cfg.setdefault(k, {}).update(v)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    base = {"views": {"kind": "pad_crop", "num_views": 2, "pad": 2, "seed": 0},
+            "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 512,
+                        "batch_size": 256},
+            "optim": {"epochs": 2, "batch_size": 100, "eval_batch_size": 500, "lr": 0.05},
+            "run": {"output": str(out / "run")}}
+    return fmnist_config(path, data_dir, base, **sections)
 
 
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import typer
-import yaml
 
 import cli
-from pipeline.config.schema import MAX_YAML_NODES, ConfigError, load_config
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.config.yaml_files import MAX_YAML_NODES
 from pipeline.engine.resource_checks import max_threads
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import fails, ok
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import start, store_has_chunks, trained_teacher, w2s, w2s_cmd, wait_for
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 
@@ -60,41 +57,25 @@ def test_eof_and_memory_errors_are_one_line_not_aborted(error, pattern, capsys):
 @pytest.fixture(scope="module")
 def teacher(fmnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli_faults")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 512, "test_limit": 100},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 16,
-                       "batch_size": 16},
-           "objective": {"name": "vanilla"},
-           "optim": {"epochs": 1, "batch_size": 64, "eval_batch_size": 100},
-           "run": {"output": str(out / "teacher"), "num_threads": 1}}
-    path = out / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
-    return out, path
+    return out, trained_teacher(out, fmnist_dir, data={"limit": 512, "test_limit": 100},
+                                teacher={"chunk_samples": 16, "batch_size": 16},
+                                optim={"batch_size": 64, "eval_batch_size": 100})
 
 
 def test_ctrl_c_in_infer_teacher_says_how_it_continues(teacher, tmp_path):
     """infer-teacher has no --resume: Ctrl-C says to rerun the same command, and the rerun finishes the store."""
     _, cfg = teacher
     store = tmp_path / "store"
-    args = [sys.executable, str(ROOT / "cli.py"), "infer-teacher", str(cfg), "--set", f"teacher.store={store}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if SoftLabelStore.open(store).done_mask().sum() >= 2:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
+    args = ["infer-teacher", str(cfg), "--set", f"teacher.store={store}"]
+    proc = start(w2s_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(store_has_chunks(store, 2), proc, strict=False)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the store was finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert "interrupted; rerun the same command to continue" in err and "--resume" not in err
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    res = w2s(*args, timeout=300)
     assert res.returncode == 0, res.stderr
     assert SoftLabelStore.open(store).is_complete
 

@@ -10,17 +10,13 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-import yaml
 
 from store.soft_label_store import SoftLabelStore
-from tests.cli_run import ok
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import DROP, one_thread_env, trained_teacher, w2s
 
 
 @contextlib.contextmanager
@@ -49,8 +45,7 @@ def small_fs(where: Path, kib: int) -> Iterator[tuple[Callable[[int], None], Cal
 
 
 def _w2s(*args: str, preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, preexec_fn=preexec, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return w2s(*args, preexec_fn=preexec, env=one_thread_env())
 
 
 def _one_error(res: subprocess.CompletedProcess, *patterns: str) -> str:
@@ -65,17 +60,9 @@ def _one_error(res: subprocess.CompletedProcess, *patterns: str) -> str:
 @pytest.fixture(scope="module")
 def config(fmnist_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disk_full")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 256, "test_limit": 100},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(out / "teacher"), "chunk_samples": 64},
-           "objective": {"name": "vanilla"},
-           "optim": {"epochs": 2, "batch_size": 64, "eval_batch_size": 100},
-           "run": {"output": str(out / "teacher"), "num_threads": 1}}
-    path = out / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
-    return path
+    return trained_teacher(out, fmnist_dir, data={"limit": 256, "test_limit": 100},
+                           teacher={"store": DROP, "chunk_samples": 64},
+                           optim={"epochs": 2, "batch_size": 64, "eval_batch_size": 100})
 
 
 def test_store_on_a_full_disk_says_so_and_resumes_when_there_is_room(config, tmp_path):

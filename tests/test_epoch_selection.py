@@ -13,21 +13,19 @@ from pipeline.experiments.report import report
 from pipeline.engine.run_dir import RunDir
 from pipeline.engine.run_loop import epoch_selection
 from tests.cli_run import invoke, ok
+from tests.helpers import fmnist_config
 
 LAST, AT_VAL, BEST_TEST = ("test acc, last epoch (%)", "test acc, at best val epoch (%)",
                            "test acc, best on test (upstream's metric, optimistic) (%)")
 
 
 def _config(tmp: Path, fmnist_dir: Path, out: Path) -> Path:
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 600, "test_limit": 200,
-                    "val_fraction": 0.25},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
-           "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 3, "batch_size": 50, "eval_batch_size": 200, "lr": 0.05},
-           "run": {"output": str(out), "num_threads": 1}}
-    path = tmp / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return fmnist_config(tmp / f"{out.name}.yaml", fmnist_dir,
+                         data={"limit": 600, "test_limit": 200, "val_fraction": 0.25},
+                         views={"kind": "pad_crop", "num_views": 2, "pad": 2},
+                         model={"name": "fmnist_linear"},
+                         optim={"epochs": 3, "batch_size": 50, "eval_batch_size": 200, "lr": 0.05},
+                         run={"output": str(out), "num_threads": 1})
 
 
 def _rows(run: Path) -> list[dict]:

@@ -200,8 +200,12 @@ def test_config_is_strict(tmp_path: Path) -> None:
         load_few_shot_config(CONFIGS / "mini_meta_adaptconf.yaml", ["meta.lr_decay=0.1"])
     with pytest.raises(ConfigError, match="noise"):
         load_few_shot_config(None, ["data.noise_mode=symmetric"])
-    _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.objective=augconf"],
-           "meta.objective must be one of none, kd, adaptconf")
+    # one run section for every command: the keys these commands would ignore are refused
+    with pytest.raises(ConfigError, match="run.amp: the few-shot commands do not use it"):
+        load_few_shot_config(None, ["run.amp=bf16"])
+    assert load_few_shot_config(None, []).run.output == "runs/few_shot/default"
+    _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.objective=dkd"],
+           "meta.objective must be one of none, kd, augconf, adaptconf")
     _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.warmup_style=linear"],
            "meta.warmup_style must be one of few_shot, sel_cl")
     _fails(["few-shot", "eval", CONFIGS / "mini_eval.yaml", "--set", "episodes.shots=[]"], "episodes.shots")
@@ -243,3 +247,10 @@ def test_fmnist_base_classes_train_and_novel_classes_evaluate(fmnist_dir: Path, 
     m = _ok(["few-shot", "meta", cfg, *data, *_sets(encoder__checkpoint=str(tmp_path / "teacher"), run__output=str(tmp_path / "meta"),
                     meta__epochs=1, meta__batches_per_epoch=3, meta__n_way=4, meta__objective="none")])
     assert m["teacher_sha256"] is None and m["train_classes"] == 6 and m["train_agreement"] is None
+    # every registered objective reaches the meta stage (here AugConf, which it had no own code for)
+    a = _ok(["few-shot", "meta", cfg, *data, *_sets(encoder__checkpoint=str(tmp_path / "teacher"),
+                                                      teacher__checkpoint=str(tmp_path / "teacher"),
+                                                      run__output=str(tmp_path / "meta_augconf"), meta__epochs=1,
+                                                      meta__batches_per_epoch=3, meta__n_way=4,
+                                                      meta__objective="augconf")])
+    assert a["objective"] == "augconf" and a["teacher_sha256"] is not None and a["train_agreement"] is not None

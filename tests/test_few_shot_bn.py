@@ -1,4 +1,4 @@
-"""Ghost-batch BatchNorm (``pipeline.scenarios.few_shot.ghost_bn``): the paper's per-GPU DataParallel BN statistic on one device.
+"""Ghost-batch BatchNorm (``pipeline.models.ghost_bn``): the paper's per-GPU DataParallel BN statistic on one device.
 
 The layer maths against explicit DataParallel-style replicas (outputs, gradients, running statistics),
 then the two stages that use it: the classifier stage (``model.bn_batch``, train-teacher) and the meta stage

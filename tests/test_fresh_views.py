@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.config.schema import load_config
 from pipeline.data.sources.registry import load_splits
@@ -15,6 +14,7 @@ from pipeline.student.specs import view_policy
 from pipeline.train_student import Trainer
 from pipeline.data.views import ViewPolicy, sample_params
 from tests.cli_run import fails, ok
+from tests.helpers import fmnist_config
 
 
 def test_fresh_policy_draws_a_new_view_each_epoch_equal_to_a_long_store():
@@ -51,24 +51,20 @@ def test_validation_split_follows_run_seed_unless_pinned(fmnist_dir):
 
 
 def _cfg(tmp: Path, fmnist_dir: Path, **sections: dict) -> Path:
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 400, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(tmp / "teacher"), "store": str(tmp / "store"), "chunk_samples": 200},
-           "optim": {"epochs": 4, "batch_size": 100, "eval_batch_size": 200},
-           "run": {"output": str(tmp / "run")}}
-    for k, v in sections.items():
-        cfg.setdefault(k, {}).update(v)
-    path = tmp / f"cfg{len(list(tmp.glob('cfg*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    base = {"data": {"limit": 400, "test_limit": 200},
+            "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
+            "model": {"name": "fmnist_linear"},
+            "teacher": {"checkpoint": str(tmp / "teacher"), "store": str(tmp / "store"), "chunk_samples": 200},
+            "optim": {"epochs": 4, "batch_size": 100, "eval_batch_size": 200},
+            "run": {"output": str(tmp / "run")}}
+    return fmnist_config(tmp / f"cfg{len(list(tmp.glob('cfg*.yaml')))}.yaml", fmnist_dir, base, **sections)
 
 
 def _epoch_params(cfg_path: Path, role: str, *over: str) -> list[np.ndarray]:
     tr = Trainer(load_config(cfg_path, list(over)), role)
     tr.prepare()
     idx = np.arange(len(tr.train_src))
-    return [tr.epoch_sources(e)[0](idx) for e in range(tr.epochs)]
+    return [tr.data.epoch_sources(e)[0](idx) for e in range(tr.epochs)]
 
 
 @pytest.fixture(scope="module")

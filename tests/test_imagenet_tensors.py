@@ -144,7 +144,7 @@ def test_stage1_teacher_saw_the_tensors_the_student_replays(textured, teacher_ch
     teacher, bicubic = trainer.teacher.model, []
     with torch.no_grad():
         for epoch in (0, 1):
-            params_of, _ = trainer.epoch_sources(epoch)
+            params_of, _ = trainer.data.epoch_sources(epoch)
             for b in trainer.epoch(epoch, 0).batches:
                 torch.testing.assert_close(teacher(b.inputs[0]), b.teacher_logits.float(), atol=2e-2, rtol=2e-3)
                 own = (_pixels(b.inputs[0]) / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / \

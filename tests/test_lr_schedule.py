@@ -158,18 +158,16 @@ def test_trainer_logs_the_lr_it_used(fmnist_dir, tmp_path):
     """A real run: each epoch's metrics row holds the per-epoch lr upstream's formula gives for that epoch."""
     import json
 
-    import yaml
-
     from tests.cli_run import ok
+    from tests.helpers import fmnist_config
 
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 400, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 4, "batch_size": 100, "eval_batch_size": 200, "lr": 0.1, "warmup_epochs": 2,
-                     "warmup_lr": 1e-3, "min_lr": 1e-3},
-           "run": {"output": str(tmp_path / "run")}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = fmnist_config(tmp_path / "c.yaml", fmnist_dir,
+                         data={"limit": 400, "test_limit": 200},
+                         views={"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
+                         model={"name": "fmnist_linear"},
+                         optim={"epochs": 4, "batch_size": 100, "eval_batch_size": 200, "lr": 0.1, "warmup_epochs": 2,
+                                "warmup_lr": 1e-3, "min_lr": 1e-3},
+                         run={"output": str(tmp_path / "run")})
     ok(["train-teacher", str(path)])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows] == pytest.approx([_cosine(e, 0.1, 1e-3, 2, 1e-3, 4) for e in range(4)])

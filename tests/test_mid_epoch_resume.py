@@ -1,37 +1,30 @@
 """Exact mid-epoch resume: SIGKILL inside an epoch, ``--resume`` from the last step checkpoint, same weights."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import fmnist_config, kill_when, mid_epoch, start, w2s_cmd
 
 
 def _config(tmp: Path, fmnist_dir: Path, out: Path) -> Path:
     """A supervised run with every random part of a step: DALI RandAugment, mixup, random erasing."""
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 2000, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
-           "augment": {"policy": "rand_augment", "num_ops": 1, "mixup": 0.4, "random_erasing": 0.5},
-           "model": {"name": "fmnist_cnn", "kwargs": {"width": 8}},
-           "optim": {"epochs": 2, "batch_size": 20, "eval_batch_size": 200, "lr": 0.05},
-           "run": {"output": str(out), "deterministic": True, "checkpoint_every_steps": 5, "num_threads": 1}}
-    path = tmp / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return fmnist_config(tmp / f"{out.name}.yaml", fmnist_dir,
+                         data={"limit": 2000, "test_limit": 200},
+                         views={"kind": "pad_crop", "num_views": 2, "pad": 2},
+                         augment={"policy": "rand_augment", "num_ops": 1, "mixup": 0.4, "random_erasing": 0.5},
+                         model={"name": "fmnist_cnn", "kwargs": {"width": 8}},
+                         optim={"epochs": 2, "batch_size": 20, "eval_batch_size": 200, "lr": 0.05},
+                         run={"output": str(out), "deterministic": True, "checkpoint_every_steps": 5,
+                              "num_threads": 1})
 
 
 def _train(cfg: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train-teacher", str(cfg), *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start(w2s_cmd("train-teacher", str(cfg), *extra), capture=True)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(fmnist_dir, tmp_path):
@@ -40,13 +33,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(fmnist_dir, tmp_p
     cut_cfg = _config(tmp_path, fmnist_dir, tmp_path / "cut")
     cut = _train(cut_cfg)
     ckpt = tmp_path / "cut" / "checkpoints"
-    deadline = time.time() + 300
-    while not ((ckpt / "state.pt").exists() and (ckpt / "step.pt").exists()):  # inside epoch 2 of 2
-        assert cut.poll() is None, cut.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.005)
-    os.kill(cut.pid, signal.SIGKILL)
-    cut.wait()
+    kill_when(cut, mid_epoch(ckpt), interval=0.005)  # inside epoch 2 of 2
     assert not (tmp_path / "cut" / "result.json").exists()
     step = torch.load(ckpt / "step.pt", weights_only=True)
     assert int(step["epoch"]) == 1 and 0 < int(step["step"]) < 100

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.models.files import load_model
 from tests.cli_run import invoke, ok
+from tests.helpers import trained_teacher
 
 
 def _one_line(args: list[str], pattern: str) -> str:
@@ -33,17 +33,9 @@ def _one_line(args: list[str], pattern: str) -> str:
 def base(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A config on 1,024 images and a one-epoch linear teacher trained from it: (config, teacher directory)."""
     out = tmp_path_factory.mktemp("records")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 1024, "test_limit": 500},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 256,
-                       "batch_size": 256},
-           "objective": {"name": "vanilla"},
-           "optim": {"epochs": 1, "batch_size": 128, "eval_batch_size": 250, "lr": 0.05},
-           "run": {"output": str(out / "teacher"), "num_threads": 1}}
-    path = out / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
+    path = trained_teacher(out, fmnist_dir, data={"limit": 1024, "test_limit": 500}, views={"num_views": 1},
+                           teacher={"chunk_samples": 256, "batch_size": 256},
+                           optim={"batch_size": 128, "eval_batch_size": 250, "lr": 0.05})
     return path, out / "teacher"
 
 

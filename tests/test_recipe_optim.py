@@ -11,7 +11,6 @@ with a loss scaler (``--amp``).
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 
 from pipeline.config.schema import load_config
 from pipeline.models import create
-from pipeline.student.step import StudentStep
+from pipeline.student.step import Precision
 from pipeline.student.setup import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -63,7 +62,7 @@ def test_cifar_recipe_exempts_biases_and_norms_like_timm():
 
 def _autocast_of(config: str, device: str) -> Any:
     cfg = load_config(CONFIGS / config, [])
-    return StudentStep._autocast(SimpleNamespace(cfg=cfg, device=torch.device(device)))  # type: ignore[arg-type]
+    return Precision(torch.device(device), cfg.run.amp).autocast()
 
 
 FP32_RECIPES = sorted([*(CONFIGS / "cifar100").glob("*.yaml"), *(CONFIGS / "few_shot").glob("mini*classifier*.yaml")])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli_run import fails, invoke
+from tests.cli_run import invoke, one_line_failure
 
 LEAVE_OUT = "rerun that run, or leave its directory out of the paths given to `w2s report`"
 
@@ -39,15 +39,6 @@ def sweep(tmp_path: Path) -> Path:
     return d
 
 
-def _one_line_failure(args: list[str], *parts: str) -> str:
-    """Run ``w2s ARGS``: a non-zero exit, no traceback, at most three lines, holding every one of ``parts``."""
-    msg = fails(args, parts[0])
-    for part in parts[1:]:
-        assert part in msg, msg
-    assert len([line for line in invoke(args).output.splitlines() if line.strip()]) <= 3
-    return msg
-
-
 def test_the_fake_sweep_reports(sweep: Path, tmp_path: Path) -> None:
     """The undamaged files make a report, so each failure below is the damage's doing."""
     res = invoke(["report", str(sweep), "--output", str(tmp_path / "rep")])
@@ -68,7 +59,7 @@ RESULT_CASES = [
 def test_damaged_result_json(sweep: Path, tmp_path: Path, text: str, problem: str) -> None:
     bad = sweep / "name=kd__seed=1" / "result.json"
     bad.write_text(text)
-    _one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}", LEAVE_OUT)
+    one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}", LEAVE_OUT)
 
 
 @pytest.mark.parametrize("text,problem", [("- a\n- b\n", "not a run config (a YAML list, expected a mapping)"),
@@ -78,7 +69,7 @@ def test_damaged_result_json(sweep: Path, tmp_path: Path, text: str, problem: st
 def test_damaged_config_yaml(sweep: Path, tmp_path: Path, text: str, problem: str) -> None:
     bad = sweep / "name=kd__seed=0" / "config.yaml"
     bad.write_text(text)
-    _one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}", LEAVE_OUT)
+    one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}", LEAVE_OUT)
 
 
 @pytest.mark.parametrize("text,problem", [("junk", "not valid JSON"), ('{"runs": 3}', "not a sweep manifest"),
@@ -87,8 +78,8 @@ def test_damaged_config_yaml(sweep: Path, tmp_path: Path, text: str, problem: st
 def test_damaged_sweep_json(sweep: Path, tmp_path: Path, text: str, problem: str) -> None:
     bad = sweep / "sweep.json"
     bad.write_text(text)
-    _one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}",
-                      "delete it (the report then labels runs by their configs) or rerun the sweep to rewrite it")
+    one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: {problem}",
+                     "delete it (the report then labels runs by their configs) or rerun the sweep to rewrite it")
 
 
 @pytest.mark.parametrize("line,problem", [("{garbage", "not valid JSON ("),
@@ -101,26 +92,26 @@ def test_bad_line_in_metrics_jsonl(sweep: Path, tmp_path: Path, line: str, probl
     """One bad line in one run's metrics used to fail the whole report with a traceback."""
     bad = sweep / "name=kd__seed=0" / "metrics.jsonl"
     bad.write_text(bad.read_text() + "\n" + line + "\n")  # line 3 is blank: the bad one is line 4
-    _one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad} line 4: {problem}",
-                      "delete that line or " + LEAVE_OUT)
+    one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad} line 4: {problem}",
+                     "delete that line or " + LEAVE_OUT)
 
 
 def test_binary_metrics_jsonl(sweep: Path, tmp_path: Path) -> None:
     bad = sweep / "name=kd__seed=0" / "metrics.jsonl"
     bad.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
-    _one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: not text (", LEAVE_OUT)
+    one_line_failure(["report", str(sweep), "--output", str(tmp_path / "rep")], f"{bad}: not text (", LEAVE_OUT)
 
 
 @pytest.mark.parametrize("option", ["--weak", "--ceiling"])
 def test_weak_or_ceiling_pointing_at_a_damaged_run(sweep: Path, tmp_path: Path, option: str) -> None:
     other = _run(tmp_path / "other", 0, 0.7)
     (other / "result.json").write_text('{"accuracy": 0.7}')  # e.g. a few-shot evaluation, not a training run
-    _one_line_failure(["report", str(sweep), option, str(other), "--output", str(tmp_path / "rep")],
-                      f"{other / 'result.json'}: not a training run's result (no test_acc)", LEAVE_OUT)
+    one_line_failure(["report", str(sweep), option, str(other), "--output", str(tmp_path / "rep")],
+                     f"{other / 'result.json'}: not a training run's result (no test_acc)", LEAVE_OUT)
     (other / "result.json").write_text('{"test_acc": 0.7}')
     (other / "metrics.jsonl").write_text("not json\n")
-    _one_line_failure(["report", str(sweep), option, str(other), "--output", str(tmp_path / "rep")],
-                      f"{other / 'metrics.jsonl'} line 1: not valid JSON")
+    one_line_failure(["report", str(sweep), option, str(other), "--output", str(tmp_path / "rep")],
+                     f"{other / 'metrics.jsonl'} line 1: not valid JSON")
 
 
 def test_rows_without_test_acc_are_not_plotted(sweep: Path, tmp_path: Path) -> None:

@@ -8,21 +8,25 @@ import yaml
 
 from pipeline.engine.run_dir import RESUME_FREE, first_difference
 from tests.cli_run import fails, ok
+from tests.helpers import fmnist_config
+
+
+def _linear_run(d: Path, fmnist_dir: Path, epochs: int) -> tuple[Path, Path]:
+    """A finished linear run of ``epochs`` epochs on 400 images: its config ``d/c.yaml`` and run directory."""
+    path = fmnist_config(d / "c.yaml", fmnist_dir,
+                         data={"limit": 400, "test_limit": 200},
+                         views={"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
+                         model={"name": "fmnist_linear"},
+                         optim={"epochs": epochs, "batch_size": 100, "eval_batch_size": 200, "lr": 0.05},
+                         run={"output": str(d / "run")})
+    ok(["train-teacher", str(path)])
+    return path, d / "run"
 
 
 @pytest.fixture(scope="module")
 def finished(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A finished 1-epoch linear run (its config file and its run directory)."""
-    d = tmp_path_factory.mktemp("resume_cfg")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 400, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 1, "batch_size": 100, "eval_batch_size": 200, "lr": 0.05},
-           "run": {"output": str(d / "run")}}
-    path = d / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
-    return path, d / "run"
+    return _linear_run(tmp_path_factory.mktemp("resume_cfg"), fmnist_dir, 1)
 
 
 @pytest.mark.parametrize("override,key", [
@@ -56,15 +60,9 @@ def test_first_difference_names_nested_and_missing_keys() -> None:
 
 
 def _two_epoch_run(fmnist_dir: Path, d: Path) -> tuple[Path, Path]:
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 400, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0}, "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 2, "batch_size": 100, "eval_batch_size": 200, "lr": 0.05},
-           "run": {"output": str(d / "run")}}
-    path = d / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
-    (d / "run" / "result.json").unlink()  # as if killed before the end
-    return path, d / "run"
+    path, run = _linear_run(d, fmnist_dir, 2)
+    (run / "result.json").unlink()  # as if killed before the end
+    return path, run
 
 
 @pytest.mark.parametrize("damage", ["truncate", "zeros", "empty"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -10,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pipeline.config.schema import ConfigError, load_config
 from pipeline.engine.run_loop import MetricSums
 from pipeline.engine.runtime import Dist
 from pipeline.engine.trackers import Trackers, scalars
 from tests.cli_run import fails, ok
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import fmnist_config, w2s
 ONE = Dist(0, 1, 0)
 
 
@@ -68,14 +65,12 @@ def test_run_log_is_checked() -> None:
 
 
 def _config(tmp: Path, fmnist_dir: Path, out: Path, **run: object) -> Path:
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 600, "test_limit": 200},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
-           "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 2, "batch_size": 100, "eval_batch_size": 200},
-           "run": {"output": str(out), **run}}
-    path = tmp / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return fmnist_config(tmp / "cfg.yaml", fmnist_dir,
+                         data={"limit": 600, "test_limit": 200},
+                         views={"kind": "pad_crop", "num_views": 2, "pad": 2},
+                         model={"name": "fmnist_linear"},
+                         optim={"epochs": 2, "batch_size": 100, "eval_batch_size": 200},
+                         run={"output": str(out), **run})
 
 
 def test_tensorboard_gets_every_metric_of_every_row(fmnist_dir: Path, tmp_path: Path) -> None:
@@ -106,10 +101,8 @@ def test_log_lines_do_not_wrap_off_a_terminal(fmnist_dir: Path, tmp_path: Path) 
     """Redirected to a file, a long epoch line or message stays one line (rich would wrap at 80 columns)."""
     out = tmp_path / ("a_long_run_directory_name_" * 4)
     cfg = _config(tmp_path, fmnist_dir, out, checkpoint_every_steps=0)
-    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train-teacher", str(cfg)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = w2s("train-teacher", str(cfg), timeout=300)
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train-teacher", str(cfg)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = w2s("train-teacher", str(cfg), timeout=300)
     lines = [x for x in res.stderr.splitlines() if "already holds a finished run" in x]
     assert res.returncode != 0 and len(lines) == 1 and str(out) in lines[0] and len(lines[0]) > 120

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.numpy import load_file
 
 from pipeline.data.sources.registry import load_run_splits
-from pipeline.train_student import Trainer
 from tests.cli_run import fails, ok
+from tests.helpers import fmnist_config
 
 DATA = {"source": "fashion_mnist", "limit": 600, "test_limit": 200, "noise_mode": "symmetric", "noise_rate": 0.4,
         "noise_seed": 0}
@@ -33,15 +32,11 @@ def _selection_run(tmp: Path, fmnist_dir: Path, keep_every: int = 2) -> tuple[Pa
 
 
 def _config(tmp: Path, fmnist_dir: Path, name: str, **sections: dict) -> Path:
-    cfg = {"data": {**DATA, "data_dir": str(fmnist_dir)}, "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
-           "augment": {"mixup": 1.0}, "model": {"name": "fmnist_linear"},
-           "optim": {"epochs": 2, "batch_size": 50, "eval_batch_size": 200, "schedule": "multistep", "milestones": []},
-           "run": {"output": str(tmp / name), "deterministic": True}}
-    for k, v in sections.items():
-        cfg.setdefault(k, {}).update(v)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    base = {"data": DATA, "views": {"kind": "pad_crop", "num_views": 2, "pad": 2},
+            "augment": {"mixup": 1.0}, "model": {"name": "fmnist_linear"},
+            "optim": {"epochs": 2, "batch_size": 50, "eval_batch_size": 200, "schedule": "multistep", "milestones": []},
+            "run": {"output": str(tmp / name), "deterministic": True}}
+    return fmnist_config(tmp / f"{name}.yaml", fmnist_dir, base, **sections)
 
 
 def test_fine_tuning_keeps_the_selected_examples(fmnist_dir: Path, tmp_path: Path) -> None:
@@ -92,17 +87,21 @@ def test_corrected_target_is_the_bootstrapped_mix() -> None:
 
     src = SimpleNamespace(read=lambda idx: np.zeros((len(idx), 2, 2, 1), np.uint8), encoded=False, num_classes=3,
                           sizes_of=lambda idx: np.tile([2, 2], (len(idx), 1)))
-    fake = SimpleNamespace(clean_replayer=Rep(), train_src=src, policy=None, net=lambda x: logits,
-                           memory_format=torch.contiguous_format, _autocast=torch.no_grad,
-                           cfg=SimpleNamespace(noisy=SimpleNamespace(bootstrap=0.2)))
-    import pipeline.student.step as ts
+    fake = SimpleNamespace(train_src=src, policy=None, net=lambda x: logits,
+                           memory_format=torch.contiguous_format, autocast=torch.no_grad)
+    import pipeline.scenarios.sel_cl.plugin as plugin
 
-    orig = ts.sample_params
-    ts.sample_params = lambda policy, idx, view, hw: np.zeros((len(idx), 5), np.float32)
+    hook = plugin.LabelCorrection.__new__(plugin.LabelCorrection)
+    hook.student, hook.start, hook.bootstrap, hook.replayer = fake, 3, 0.2, Rep()
+    orig = plugin.sample_params
+    plugin.sample_params = lambda policy, idx, view, hw: np.zeros((len(idx), 5), np.float32)
+    batch = SimpleNamespace(indices=np.arange(4), labels=labels)
     try:
-        got = Trainer._corrected_target(fake, SimpleNamespace(indices=np.arange(4), labels=labels), 0.7)
+        before = torch.zeros(4, 3)
+        assert hook(batch, 2, 0.7, before) is before  # off before noisy.label_correction_from
+        got = hook(batch, 3, 0.7, before)
     finally:
-        ts.sample_params = orig
+        plugin.sample_params = orig
     for i in range(4):
         y_i = [0.8 * (c == int(labels[i])) + 0.2 * (c == int(clean_pred[i])) for c in range(3)]
         j = 3 - i

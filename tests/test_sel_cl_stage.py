@@ -3,51 +3,41 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.scenarios.sel_cl.augment import ComplexAugment, color_jitter, crop_boxes, resized_crops, step_rng, to_float
 from pipeline.scenarios.sel_cl.steps import SelCLNet, key_encoder
 from tests.cli_run import fails, invoke, ok
+from tests.helpers import fmnist_config, kill_when, mid_epoch, start, w2s_cmd
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20  # 1000 samples / batch 50
 
 
 def _config(tmp: Path, fmnist_dir: Path, name: str, **sections: dict) -> Path:
     """3 epochs (1 warm-up, the supervised queue from the 3rd) of a small MLP on 1,000 noisy images."""
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 1000, "test_limit": 500,
-                    "noise_mode": "symmetric", "noise_rate": 0.4, "noise_seed": 0},
-           "model": {"name": "fmnist_mlp", "kwargs": {"hidden": 64}},
-           "optim": {"epochs": 3, "batch_size": 50, "lr": 0.05, "weight_decay": 1e-4, "eval_batch_size": 500},
-           "sel_cl": {"k": 10, "low_dim": 16, "queue_per_class": 10, "uns_queue_size": 200, "warmup_epochs": 1,
-                      "sup_queue_begin": 2, "lr_warmup_epochs": 1, "select_batch_size": 500},
-           "run": {"output": str(tmp / name), "num_threads": 1, "deterministic": True, "checkpoint_every_steps": 5}}
-    for section, values in sections.items():
-        cfg[section].update(values)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    base = {"data": {"limit": 1000, "test_limit": 500, "noise_mode": "symmetric", "noise_rate": 0.4, "noise_seed": 0},
+            "model": {"name": "fmnist_mlp", "kwargs": {"hidden": 64}},
+            "optim": {"epochs": 3, "batch_size": 50, "lr": 0.05, "weight_decay": 1e-4, "eval_batch_size": 500},
+            "sel_cl": {"k": 10, "low_dim": 16, "queue_per_class": 10, "uns_queue_size": 200, "warmup_epochs": 1,
+                       "sup_queue_begin": 2, "lr_warmup_epochs": 1, "select_batch_size": 500},
+            "run": {"output": str(tmp / name), "num_threads": 1, "deterministic": True, "checkpoint_every_steps": 5}}
+    return fmnist_config(tmp / f"{name}.yaml", fmnist_dir, base, **sections)
 
 
 @pytest.fixture(scope="module")
 def reference(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
     """One uninterrupted run: (run directory, result, seconds)."""
     tmp = tmp_path_factory.mktemp("sel_cl")
-    start = time.perf_counter()
+    began = time.perf_counter()
     result = ok(["sel-cl", str(_config(tmp, fmnist_dir, "ref"))])
-    return tmp / "ref", result, time.perf_counter() - start
+    return tmp / "ref", result, time.perf_counter() - began
 
 
 # ---------------------------------------------------------------- augmentation
@@ -148,16 +138,9 @@ def test_tiny_run_selects_cleaner_examples_and_writes_a_loadable_model(reference
 def test_sigkill_mid_epoch_then_resume_gives_identical_files(reference, fmnist_dir, tmp_path):
     ref = reference[0]
     cfg = _config(tmp_path, fmnist_dir, "cut")
-    cut = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "sel-cl", str(cfg)], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = tmp_path / "cut" / "checkpoints"
-    deadline = time.time() + 120
-    while not ((ckpt / "state.pt").exists() and (ckpt / "step.pt").exists()):  # inside a Sel-CL epoch
-        assert cut.poll() is None, cut.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.002)
-    os.kill(cut.pid, signal.SIGKILL)
-    cut.wait()
+    kill_when(start(w2s_cmd("sel-cl", str(cfg)), capture=True), mid_epoch(ckpt), timeout=120,
+              interval=0.002)  # inside a Sel-CL epoch
     assert not (tmp_path / "cut" / "result.json").exists()
     step = torch.load(ckpt / "step.pt", weights_only=True)
     assert int(step["epoch"]) >= 1 and 0 < int(step["step"]) < STEPS and step["pairs"] is not None

@@ -11,6 +11,7 @@ from pipeline.data.loader import chunked_shard_batches, chunked_shard_order, epo
 from store.shard_reader import ShardReader
 from store.chunks import ReadStats, StoreError, _crc
 from store.soft_label_store import SoftLabelStore
+from tests.helpers import corrupt_chunk
 
 N, VIEWS, CLASSES, PARAMS, CHUNK = 203, 3, 12, 5, 16  # 13 blocks, the last one short
 GLOBAL_BATCH = 8
@@ -123,16 +124,9 @@ def test_next_epoch_is_read_ahead(tmp_path):
         assert [st.epoch for st in reader.stats] == [0, 1, 2]
 
 
-def _corrupt_block(root: Path, block: int, view: int) -> None:
-    chunk = root / "logits" / "c" / str(block) / str(view) / "0"
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0x5A
-    chunk.write_bytes(bytes(raw))
-
-
 def test_corrupt_chunk_in_read_ahead_fails_from_get(tmp_path):
     s, _ = _store(tmp_path / "s")
-    _corrupt_block(tmp_path / "s", 5, 1)  # epoch 1 reads view 1
+    corrupt_chunk(tmp_path / "s", 5, 1)  # epoch 1 reads view 1
     with ShardReader(s, _rank_rows(0, 1), epochs=2) as reader:
         reader.get(0, timeout=TIMEOUT)
         with pytest.raises(StoreError, match=r"chunk \(block 5, view 1\) samples 80..95 is corrupt"):

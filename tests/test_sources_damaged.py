@@ -11,23 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.cli_run import fails, invoke
+from tests.cli_run import one_line_failure
 from tests.conftest import ROOT, write_idx
 from tests.formats import dump_py2, write_cifar100
+from tests.helpers import fmnist_config
 
 REFETCH = "re-download or reinstall it"
 CPU = ["--set", "run.device=cpu", "--set", "run.amp=none", "--set", "run.channels_last=false"]
-
-
-def _one_line_failure(args: list[str], *parts: str) -> str:
-    """Run ``w2s ARGS``: a non-zero exit, no traceback, at most three lines, holding every one of ``parts``."""
-    msg = fails(args, parts[0])
-    for part in parts[1:]:
-        assert part in msg, msg
-    assert len([line for line in invoke(args).output.splitlines() if line.strip()]) <= 3
-    return msg
 
 
 @pytest.fixture()
@@ -39,11 +30,9 @@ def fmnist(tmp_path: Path) -> tuple[Path, Path]:
     for stem, n in (("train", 60), ("t10k", 20)):
         write_idx(d / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(d / f"{stem}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
-    cfg = tmp_path / "teacher.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"source": "fashion_mnist", "data_dir": str(d)},
-                                   "model": {"name": "fmnist_linear"}, "objective": {"name": "vanilla"},
-                                   "optim": {"epochs": 1, "batch_size": 20, "eval_batch_size": 20},
-                                   "run": {"output": str(tmp_path / "teacher"), "device": "cpu"}}))
+    cfg = fmnist_config(tmp_path / "teacher.yaml", d, model={"name": "fmnist_linear"}, objective={"name": "vanilla"},
+                        optim={"epochs": 1, "batch_size": 20, "eval_batch_size": 20},
+                        run={"output": str(tmp_path / "teacher"), "device": "cpu"})
     return d, cfg
 
 
@@ -51,7 +40,7 @@ def test_truncated_gzip_idx(fmnist: tuple[Path, Path]) -> None:
     d, cfg = fmnist
     bad = d / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    _one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (EOFError: ", REFETCH)
+    one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (EOFError: ", REFETCH)
 
 
 def test_damaged_gzip_idx(fmnist: tuple[Path, Path]) -> None:
@@ -61,14 +50,14 @@ def test_damaged_gzip_idx(fmnist: tuple[Path, Path]) -> None:
     data = bytearray(bad.read_bytes())
     data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     bad.write_bytes(bytes(data))
-    _one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (", REFETCH)
+    one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (", REFETCH)
 
 
 def test_gz_that_is_not_gzip(fmnist: tuple[Path, Path]) -> None:
     d, cfg = fmnist
     bad = d / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(gzip.decompress(bad.read_bytes()))  # the idx bytes under a .gz name
-    _one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (BadGzipFile: ", REFETCH)
+    one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (BadGzipFile: ", REFETCH)
 
 
 def test_uncompressed_idx_shorter_than_its_header(fmnist: tuple[Path, Path]) -> None:
@@ -77,24 +66,24 @@ def test_uncompressed_idx_shorter_than_its_header(fmnist: tuple[Path, Path]) -> 
     bad = d / "train-images-idx3-ubyte"  # found before the .gz
     bad.write_bytes(gzip.decompress(gz.read_bytes())[:-100])
     size = 60 * 28 * 28
-    _one_line_failure(["train-teacher", str(cfg)],
-                      f"{bad} is truncated or damaged ({size - 100} data bytes, its header says {size})", REFETCH)
+    one_line_failure(["train-teacher", str(cfg)],
+                     f"{bad} is truncated or damaged ({size - 100} data bytes, its header says {size})", REFETCH)
 
 
 def test_idx_header_cut_short(fmnist: tuple[Path, Path]) -> None:
     d, cfg = fmnist
     bad = d / "train-labels-idx1-ubyte"
     bad.write_bytes(bytes([0, 0, 8, 1, 0]))
-    _one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (5 bytes, shorter than its header)",
-                      REFETCH)
+    one_line_failure(["train-teacher", str(cfg)], f"{bad} is truncated or damaged (5 bytes, shorter than its header)",
+                     REFETCH)
 
 
 def test_image_and_label_files_that_do_not_match(fmnist: tuple[Path, Path]) -> None:
     d, cfg = fmnist
     write_idx(d / "train-labels-idx1-ubyte.gz", np.zeros(20, dtype=np.uint8))  # the test split's count
-    _one_line_failure(["train-teacher", str(cfg)],
-                      f"{d / 'train-images-idx3-ubyte.gz'} holds images (60, 28, 28) and "
-                      f"{d / 'train-labels-idx1-ubyte.gz'} labels (20,)", "re-download or reinstall them")
+    one_line_failure(["train-teacher", str(cfg)],
+                     f"{d / 'train-images-idx3-ubyte.gz'} holds images (60, 28, 28) and "
+                     f"{d / 'train-labels-idx1-ubyte.gz'} labels (20,)", "re-download or reinstall them")
 
 
 @pytest.fixture()
@@ -110,16 +99,16 @@ def _cifar_teacher(root: Path, tmp_path: Path) -> list[str]:
 def test_truncated_cifar_pickle(cifar: Path, tmp_path: Path) -> None:
     bad = cifar / "cifar-100-python" / "train"
     bad.write_bytes(bad.read_bytes()[:5000])
-    _one_line_failure(_cifar_teacher(cifar, tmp_path),
-                      f"cannot read {bad}: truncated or damaged, not a valid dataset pickle (", "re-download it")
+    one_line_failure(_cifar_teacher(cifar, tmp_path),
+                     f"cannot read {bad}: truncated or damaged, not a valid dataset pickle (", "re-download it")
 
 
 def test_cifar_batch_with_fewer_labels_than_images(cifar: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     dump_py2({b"fine_labels": [1, 2, 3], b"coarse_labels": [0, 0, 0],
               b"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8)}, cifar / "cifar-100-python" / "train")
-    _one_line_failure(_cifar_teacher(cifar, tmp_path), "cifar100/train in ", "5 images but 3 labels",
-                      "download the python version from https://www.cs.toronto.edu/~kriz/cifar.html")
+    one_line_failure(_cifar_teacher(cifar, tmp_path), "cifar100/train in ", "5 images but 3 labels",
+                     "download the python version from https://www.cs.toronto.edu/~kriz/cifar.html")
 
 
 def test_truncated_mini_imagenet_pickle(tmp_path: Path) -> None:
@@ -129,6 +118,6 @@ def test_truncated_mini_imagenet_pickle(tmp_path: Path) -> None:
     labels = np.repeat(np.arange(4), 3)
     dump_py2({"data": np.zeros((12, 84, 84, 3), dtype=np.uint8), "labels": [int(x) for x in labels]}, bad)
     bad.write_bytes(bad.read_bytes()[:3000])
-    _one_line_failure(["train-teacher", str(ROOT / "configs/few_shot/mini_classifier_teacher.yaml"), *CPU,
-                       "--set", f"data.data_dir={root}", "--set", f"run.output={tmp_path / 'teacher'}"],
-                      f"cannot read {bad}: truncated or damaged, not a valid dataset pickle (", "re-download it")
+    one_line_failure(["train-teacher", str(ROOT / "configs/few_shot/mini_classifier_teacher.yaml"), *CPU,
+                      "--set", f"data.data_dir={root}", "--set", f"run.output={tmp_path / 'teacher'}"],
+                     f"cannot read {bad}: truncated or damaged, not a valid dataset pickle (", "re-download it")

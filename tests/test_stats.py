@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from pipeline.experiments.report import Group, RunResult, plus_minus, markdown, paired, summarize
+from pipeline.experiments.report import Group, markdown, paired, plus_minus, summarize
+from pipeline.experiments.runs import RunResult
 from pipeline.experiments.stats import mean_std, paired_difference
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from store.soft_label_store import SoftLabelStore, StoreError
+from tests.helpers import corrupt_chunk
 
 ATTRS = {"teacher": {"model": "m", "sha256": "abc"}, "dataset": {"fingerprint": "f0", "num_samples": 10},
          "view_policy": {"kind": "pad_crop", "num_views": 2, "seed": 0}}
@@ -72,10 +73,7 @@ def test_verify_names_a_corrupt_chunk(tmp_path):
     s = _create(tmp_path / "s")
     _fill(s, np.random.default_rng(1))
     s.finalize([0.0] * 3)
-    chunk_file = tmp_path / "s" / "logits" / "c" / "1" / "2" / "0"
-    raw = bytearray(chunk_file.read_bytes())
-    raw[-3] ^= 0xFF
-    chunk_file.write_bytes(bytes(raw))
+    corrupt_chunk(tmp_path / "s", 1, 2, at=-3, mask=0xFF)
     problems = SoftLabelStore.open(tmp_path / "s").verify()
     assert len(problems) == 1 and "block 1, view 2" in problems[0]
 

@@ -4,18 +4,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import fails, ok
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+from tests.helpers import run, trained_teacher
 
 # Runs ``w2s ARGS`` in a child process that SIGKILLs itself at the POINT-th step of store creation:
 # after that many arrays exist (1 = right after the group's zarr.json), or after the manifest.
@@ -49,17 +46,8 @@ cli.app()
 @pytest.fixture(scope="module")
 def teacher(fmnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("store_faults")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 256, "test_limit": 100},
-           "views": {"kind": "pad_crop", "num_views": 2, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 64},
-           "objective": {"name": "vanilla"},
-           "optim": {"epochs": 1, "batch_size": 64, "eval_batch_size": 100},
-           "run": {"output": str(out / "teacher"), "num_threads": 1}}
-    path = out / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    ok(["train-teacher", str(path)])
-    return out, path
+    return out, trained_teacher(out, fmnist_dir, data={"limit": 256, "test_limit": 100}, teacher={"chunk_samples": 64},
+                                optim={"batch_size": 64, "eval_batch_size": 100})
 
 
 @pytest.mark.parametrize("point", [1, 2, 4, "manifest"])
@@ -67,8 +55,7 @@ def test_store_killed_while_being_created_is_recreated_by_the_next_run(teacher, 
     _, cfg = teacher
     store = tmp_path / "store"
     args = ["infer-teacher", str(cfg), "--set", f"teacher.store={store}"]
-    proc = subprocess.run([sys.executable, "-c", KILLER.format(root=str(ROOT), point=point, args=args)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run([sys.executable, "-c", KILLER.format(root=str(ROOT), point=point, args=args)], timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (store / "zarr.json").exists()
     # every reader names the state and the way out in one line

@@ -5,10 +5,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from store.soft_label_store import SoftLabelStore, StoreError
 from tests.cli_run import fails, ok
+from tests.helpers import corrupt_chunk, fmnist_config
+
+
+def _teacher_config(tmp: Path, fmnist_dir: Path, **sections: dict) -> Path:
+    """``tmp/c.yaml``: a one-epoch linear teacher on 300 images and one view, its store in ``tmp/store``."""
+    base = {"data": {"limit": 300, "test_limit": 100},
+            "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
+            "model": {"name": "fmnist_linear"},
+            "teacher": {"checkpoint": str(tmp / "teacher"), "store": str(tmp / "store")},
+            "optim": {"epochs": 1, "batch_size": 100, "eval_batch_size": 100},
+            "run": {"output": str(tmp / "teacher")}}
+    return fmnist_config(tmp / "c.yaml", fmnist_dir, base, **sections)
 
 
 def _store(path: Path, dtype: str = "float16") -> SoftLabelStore:
@@ -39,14 +50,7 @@ def test_a_teacher_with_huge_logits_cannot_write_a_complete_store(fmnist_dir: Pa
     """Weights x 1e5 (as ``optim.lr=20000`` once made them): infer-teacher used to write a 'verified' store of inf."""
     from safetensors.torch import load_file, save_file
 
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 300, "test_limit": 100},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(tmp_path / "teacher"), "store": str(tmp_path / "store")},
-           "optim": {"epochs": 1, "batch_size": 100, "eval_batch_size": 100, "lr": 0.05},
-           "run": {"output": str(tmp_path / "teacher")}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _teacher_config(tmp_path, fmnist_dir, optim={"lr": 0.05})
     ok(["train-teacher", str(path)])
     weights = tmp_path / "teacher" / "model.safetensors"
     save_file({k: v * 1e5 for k, v in load_file(weights).items()}, weights)
@@ -60,21 +64,11 @@ def test_a_teacher_with_huge_logits_cannot_write_a_complete_store(fmnist_dir: Pa
 
 def test_repair_recomputes_a_damaged_chunk_of_a_complete_store(fmnist_dir: Path, tmp_path: Path) -> None:
     """A complete store with a damaged chunk used to get "complete; nothing to do" from infer-teacher."""
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 300, "test_limit": 100},
-           "views": {"kind": "pad_crop", "num_views": 1, "pad": 2, "seed": 0},
-           "model": {"name": "fmnist_linear"},
-           "teacher": {"checkpoint": str(tmp_path / "teacher"), "store": str(tmp_path / "store"), "chunk_samples": 100},
-           "optim": {"epochs": 1, "batch_size": 100, "eval_batch_size": 100},
-           "run": {"output": str(tmp_path / "teacher")}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _teacher_config(tmp_path, fmnist_dir, teacher={"chunk_samples": 100})
     ok(["train-teacher", str(path)])
     ok(["infer-teacher", str(path)])
     good = SoftLabelStore.open(tmp_path / "store").read_view(1)[0].copy()
-    chunk = tmp_path / "store" / "logits" / "c" / "1" / "1" / "0"
-    raw = bytearray(chunk.read_bytes())
-    raw[-3] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
+    corrupt_chunk(tmp_path / "store", 1, 1, at=-3, mask=0xFF)
     assert len(SoftLabelStore.open(tmp_path / "store").verify()) == 1
     res = ok(["infer-teacher", str(path), "--repair"])
     assert res["computed_chunks"] == 1

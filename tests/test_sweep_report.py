@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from pipeline.experiments.report import find_runs, group_runs, pgr, summarize
+from pipeline.experiments.report import group_runs, pgr, summarize
+from pipeline.experiments.runs import find_runs
+from tests.helpers import fmnist_config
 
 runner = CliRunner()
 
@@ -26,16 +27,15 @@ def _ok(args: list[str]) -> str:
 @pytest.fixture(scope="module")
 def setup(fmnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    cfg = {"data": {"source": "fashion_mnist", "data_dir": str(fmnist_dir), "limit": 800, "test_limit": 400,
-                    "val_fraction": 0.25},
-           "views": {"kind": "pad_crop", "num_views": 2},
-           "model": {"name": "fmnist_mlp", "kwargs": {"hidden": 32}},
-           "teacher": {"checkpoint": str(out / "teacher"), "store": str(out / "store"), "chunk_samples": 200},
-           "objective": {"name": "kd", "gt_weight": 0.0},
-           "optim": {"epochs": 2, "batch_size": 50, "eval_batch_size": 200},
-           "run": {"output": str(out / "unused")}}
-    path = out / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = fmnist_config(out / "cfg.yaml", fmnist_dir,
+                         data={"limit": 800, "test_limit": 400, "val_fraction": 0.25},
+                         views={"kind": "pad_crop", "num_views": 2},
+                         model={"name": "fmnist_mlp", "kwargs": {"hidden": 32}},
+                         teacher={"checkpoint": str(out / "teacher"), "store": str(out / "store"),
+                                  "chunk_samples": 200},
+                         objective={"name": "kd", "gt_weight": 0.0},
+                         optim={"epochs": 2, "batch_size": 50, "eval_batch_size": 200},
+                         run={"output": str(out / "unused")})
     _ok(["train-teacher", str(path), "--set", "model.name=fmnist_linear", "--set", "model.kwargs={}", "--set", "objective.name=vanilla",
          "--set", "objective.gt_weight=1.0", "--set", "optim.epochs=1", "--set", "optim.lr=0.002",
          "--set", f"run.output={out / 'teacher'}"])

@@ -1,4 +1,5 @@
-"""Value checks of every config schema: each key's range (:data:`RULES`), finiteness, and names.
+"""Value checks of every config schema: each key's range and choices (declared beside its field with
+:func:`setting`), finiteness, and names.
 
 :func:`validate` runs when a config is loaded (``pipeline.config.schema``, ``pipeline.scenarios.few_shot.config``),
 before anything runs, so a bad value is one line naming the key and what it must be.
@@ -7,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.objectives import OBJECTIVES, check_param, objective_params
 from pipeline.engine.trackers import TRACKERS
@@ -36,66 +37,30 @@ class Check:
     unless: tuple[str, Any] | None = None
 
 
-def _at_least(lo: float) -> Check:
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+            check: Check | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+    """A config field with its rule beside it: ``x: float = setting(0.5, check=Check(0, 1))``.
+
+    ``check`` is the key's range (see :class:`Check`), ``choices`` its allowed values; both are checked
+    when a config is loaded, naming the key.
+    """
+    meta = {k: v for k, v in (("check", check), ("choices", choices)) if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(lo: float) -> Check:
     return Check(lo=lo)
 
 
-def _above(lo: float) -> Check:
+def above(lo: float) -> Check:
     return Check(lo=lo, lo_open=True)
 
 
-def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+def within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
     return Check(lo, hi, lo_open, hi_open)
 
-
-# Every range rule of both config schemas (``Config`` and ``pipeline.scenarios.few_shot.config.FewShotConfig``), by
-# dotted key. On top of these, every float anywhere (lists and model.kwargs included) must be finite.
-# Unset (None) values are not checked.
-RULES: dict[str, Check] = {
-    # data (both schemas)
-    "data.subset_seed": _at_least(0), "data.limit": _at_least(0), "data.test_limit": _at_least(0),
-    "data.image_size": _at_least(1), "data.classes": _at_least(0), "data.noise_rate": _within(0, 1),
-    "data.noise_seed": _at_least(0), "data.val_fraction": _within(0, 1, hi_open=True), "data.val_seed": _at_least(0),
-    # views
-    "views.num_views": Check(lo=1, unless=("kind", "none")), "views.pad": _at_least(0),
-    "views.scale": Check(0, 1, lo_open=True, pair=True), "views.ratio": Check(lo=0, lo_open=True, pair=True),
-    "views.crop_pct": _within(0, 1, lo_open=True), "views.seed": _at_least(0),
-    # augment
-    "augment.num_ops": _at_least(1), "augment.magnitude": _within(0, 10), "augment.magnitude_std": _within(0, 100), "augment.random_erasing": _within(0, 1),
-    "augment.mixup": _at_least(0), "augment.cutmix": _at_least(0), "augment.mix_prob": _within(0, 1),
-    "augment.switch_prob": _within(0, 1), "augment.label_smoothing": _within(0, 1, hi_open=True),
-    # model
-    "model.mean": _within(0, 1), "model.std": _above(0), "model.input_size": _at_least(1), "model.bn_batch": _at_least(0),
-    # teacher
-    "teacher.top_k": _at_least(0), "teacher.batch_size": _at_least(1), "teacher.chunk_samples": _at_least(1),
-    # optim
-    "optim.lr": _above(0), "optim.momentum": _within(0, 1, hi_open=True), "optim.weight_decay": _at_least(0),
-    "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0),
-    "optim.warmup_lr": _at_least(0),
-    "optim.min_lr": _at_least(0), "optim.milestones": _at_least(0),
-    "optim.decay_rate": _within(0, 1, lo_open=True), "optim.layer_decay": _within(0, 1),
-    "optim.batch_size": _at_least(1), "optim.batch_per_process": _at_least(0), "optim.eval_batch_size": _at_least(1),
-    # run (both schemas)
-    "run.seed": _at_least(0), "run.num_threads": _at_least(1), "run.checkpoint_every_steps": _at_least(0),
-    # noisy labels: sel_cl (w2s sel-cl) and noisy (Sel-CL+ fine-tuning)
-    "sel_cl.low_dim": _at_least(1), "sel_cl.k": _at_least(1), "sel_cl.alpha": _within(0, 1),
-    "sel_cl.beta": _within(0, 1), "sel_cl.queue_per_class": _at_least(1), "sel_cl.uns_queue_size": _at_least(1),
-    "sel_cl.uns_t": _above(0), "sel_cl.sup_t": _above(0), "sel_cl.ema_momentum": _within(0, 1),
-    "sel_cl.mixup_alpha": _above(0), "sel_cl.lambda_c": _at_least(0), "sel_cl.lambda_s": _at_least(0),
-    "sel_cl.sim_grad_clip": _above(0), "sel_cl.sup_queue_begin": _at_least(0), "sel_cl.warmup_epochs": _at_least(0),
-    "sel_cl.lr_warmup_epochs": _at_least(0), "sel_cl.lr_warmup_multiplier": Check(lo=1),
-    "sel_cl.crop_scale": _within(0, 1, lo_open=True), "sel_cl.select_batch_size": _at_least(1),
-    "noisy.label_correction_from": _at_least(0), "noisy.bootstrap": _within(0, 1),
-    # few-shot: episodes (w2s few-shot eval)
-    "episodes.n_way": _at_least(2), "episodes.shots": Check(lo=1, nonempty=True), "episodes.n_query": _at_least(1),
-    "episodes.episodes": _at_least(1), "episodes.seed": _at_least(0), "episodes.batch_size": _at_least(1),
-    # few-shot: meta (w2s few-shot meta)
-    "meta.epochs": _at_least(1), "meta.batches_per_epoch": _at_least(1), "meta.episodes_per_batch": _at_least(1),
-    "meta.n_way": _at_least(2), "meta.k_shot": _at_least(1), "meta.n_query": _at_least(1), "meta.lr": _above(0),
-    "meta.momentum": _within(0, 1, hi_open=True), "meta.weight_decay": _at_least(0),
-    "meta.kd_temperature": _above(0), "meta.threshold": _above(0), "meta.warmup_rate": _within(0, 1),
-    "meta.kd_weight": _at_least(0), "meta.gt_weight": _at_least(0), "meta.bn_episodes": _at_least(0),
-}
 
 
 def _check_range(rule: Check, value: float, key: str) -> None:
@@ -152,19 +117,26 @@ def _check_output_outside_store(cfg: Any) -> None:
 
 
 def validate(cfg: Any, prefix: str = "") -> Any:
-    """Check every value of the dataclass ``cfg`` against :data:`RULES`, the objective section against the
+    """Check every value of the dataclass ``cfg`` against its field's declared range and choices, the objective section against the
     objectives' own declared ranges (``pipeline.objectives.param``), and finiteness; ConfigError naming the key."""
     if not prefix:
         _check_output_outside_store(cfg)
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if f.metadata.get("sections"):  # the scenarios' sections (pipeline/scenario.py)
+            for name, section in value.items():
+                validate(section, f"{prefix}{name}.")
+            continue
         if dataclasses.is_dataclass(value):
             validate(value, f"{key}.")
             continue
         if value is None:
             continue
         _check_finite(value, key)
-        rule = RULES.get(key)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        rule = f.metadata.get("check")
         if rule is not None:
             _check_rule(rule, value, key, cfg)
         if key == "run.log" and any(name not in TRACKERS for name in value):

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.config.schema import Config
-from pipeline.scenarios.few_shot.config import FewShotConfig
+from pipeline.scenario import scenarios
 
-SCHEMAS: dict[str, tuple[type, str]] = {
-    "pipeline (w2s train-teacher, train-student, infer-teacher, sweep)": (Config, "configuration.md"),
-    "few-shot (w2s few-shot eval / meta)": (FewShotConfig, "scenarios/few_shot.md"),
-}
+
+def schemas() -> dict[str, tuple[type, str]]:
+    """Title -> (schema, the docs page with its keys' meanings): the core's, then each scenario's own."""
+    out: dict[str, tuple[type, str]] = {
+        "pipeline (w2s train-teacher, train-student, infer-teacher, sweep)": (Config, "configuration.md")}
+    for sc in scenarios():
+        out.update(sc.schemas)
+    return out
+
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "config_keys.md"
 
 
@@ -33,7 +38,10 @@ def keys(schema: type, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
     default = schema()
     for f in dataclasses.fields(schema):
         value = getattr(default, f.name)
-        if dataclasses.is_dataclass(value):
+        if f.metadata.get("sections"):  # the scenarios' sections of Config
+            for name, section in value.items():
+                yield from keys(type(section), f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(value):
             yield from keys(type(value), f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", _type_name(hints[f.name]), value
@@ -43,7 +51,7 @@ def render() -> str:
     out = ["# Config keys (generated)", "",
            "Generated from the config dataclasses by `python -m pipeline.config.reference`; do not edit.",
            "What each key means: [configuration.md](configuration.md) and the scenario pages.", ""]
-    for title, (schema, page) in SCHEMAS.items():
+    for title, (schema, page) in schemas().items():
         out += [f"## {title}", "", f"Meanings: [{page}]({page}).", "", "| key | type | default |", "|---|---|---|"]
         out += [f"| `{k}` | `{t}` | `{v!r}` |".replace(" | None`", " \\| None`") for k, t, v in keys(schema)]
         out.append("")

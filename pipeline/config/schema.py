@@ -1,7 +1,7 @@
 """Typed run configuration: YAML files and ``--set key=value`` overrides mapped onto dataclasses.
 
 An unknown key is an error naming the valid keys of its section; a value of the wrong type is
-an error naming the key and the expected type; a value out of its range (:data:`RULES`) or a
+an error naming the key and the expected type; a value out of its range (declared beside the field, :func:`pipeline.config.checks.setting`) or a
 non-finite float is an error naming the key and the allowed range.
 """
 from __future__ import annotations
@@ -14,11 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from pipeline.config.checks import ConfigError, validate
+from pipeline.config.checks import Check, ConfigError, above, at_least, setting, validate, within
+from pipeline.config.yaml_files import parse_override, read_config_file
 from pipeline.objectives import OBJECTIVES, objective_params
-from pipeline.scenarios.sel_cl.config import NoisyConfig, SelCLConfig
+from pipeline.data.sources.label_noise import NOISE_MODES
+from pipeline.data.timm_augment import POLICIES
+from pipeline.data.views import INTERPOLATIONS, KINDS, TRAIN_INTERPOLATIONS
+from pipeline.scenario import check_scenarios, scenario_sections
+from store.attributes import DTYPES, LAYOUTS
+
+# the choices of keys whose values the core reads; each is checked when a config is loaded
+SUBSETS = ("all", "half_a", "half_b")
+SAMPLING_MODES = ("auto", "cycle", "fresh")
+TEACHER_MODES = ("store", "online")
+TEACHER_INPUTS = ("own", "student")
+READ_ORDERS = ("global", "chunked")
+READ_BUFFERS = ("double", "bounded")
+AMP_CHOICES = ("none", "bf16", "fp16")
+SCHEDULES = ("cosine", "multistep")
 
 
 @dataclass
@@ -39,18 +53,18 @@ class DataConfig:
     data_dir: str | None = None
     train_split: str = "train"
     test_split: str = "test"
-    subset: str = "all"
-    subset_seed: int = 0
-    limit: int = 0
-    test_limit: int = 0
-    image_size: int = 224
+    subset: str = setting("all", choices=SUBSETS)
+    subset_seed: int = setting(0, check=at_least(0))
+    limit: int = setting(0, check=at_least(0))
+    test_limit: int = setting(0, check=at_least(0))
+    image_size: int = setting(224, check=at_least(1))
     skip_corrupt: bool = False
-    classes: list[int] | None = None
-    noise_mode: str = "none"
-    noise_rate: float = 0.0
-    noise_seed: int = 0
-    val_fraction: float = 0.0
-    val_seed: int | None = None
+    classes: list[int] | None = setting(None, check=at_least(0))
+    noise_mode: str = setting("none", choices=NOISE_MODES)
+    noise_rate: float = setting(0.0, check=within(0, 1))
+    noise_seed: int = setting(0, check=at_least(0))
+    val_fraction: float = setting(0.0, check=within(0, 1, hi_open=True))
+    val_seed: int | None = setting(None, check=at_least(0))
 
 
 @dataclass
@@ -66,18 +80,18 @@ class ViewsConfig:
     timm's ``--train-interpolation random``), ``eval_interpolation`` the fixed view (bilinear or bicubic).
     """
 
-    kind: str = "pad_crop"
-    num_views: int = 4
-    pad: int = 2
+    kind: str = setting("pad_crop", choices=KINDS)
+    num_views: int = setting(4, check=Check(lo=1, unless=("kind", "none")))
+    pad: int = setting(2, check=at_least(0))
     flip: bool = True
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
-    crop_pct: float = 1.0
-    seed: int | None = None
-    sampling: str = "auto"
+    scale: list[float] = setting(factory=lambda: [0.08, 1.0], check=Check(0, 1, lo_open=True, pair=True))
+    ratio: list[float] = setting(factory=lambda: [0.75, 4 / 3], check=Check(lo=0, lo_open=True, pair=True))
+    crop_pct: float = setting(1.0, check=within(0, 1, lo_open=True))
+    seed: int | None = setting(None, check=at_least(0))
+    sampling: str = setting("auto", choices=SAMPLING_MODES)
     augmented: bool = True
-    interpolation: str = "bilinear"
-    eval_interpolation: str = "bilinear"
+    interpolation: str = setting("bilinear", choices=TRAIN_INTERPOLATIONS)
+    eval_interpolation: str = setting("bilinear", choices=INTERPOLATIONS)
 
 
 @dataclass
@@ -97,18 +111,18 @@ class AugmentConfig:
     mixed the same way.
     """
 
-    policy: str = "none"
-    num_ops: int = 2
-    magnitude: int = 9
-    magnitude_std: float = 0.5
+    policy: str = setting("none", choices=POLICIES)
+    num_ops: int = setting(2, check=at_least(1))
+    magnitude: int = setting(9, check=within(0, 10))
+    magnitude_std: float = setting(0.5, check=within(0, 100))
     increasing: bool = True
-    random_erasing: float = 0.0
+    random_erasing: float = setting(0.0, check=within(0, 1))
     erase_before_mix: bool = True
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-    switch_prob: float = 0.5
-    label_smoothing: float = 0.0
+    mixup: float = setting(0.0, check=at_least(0))
+    cutmix: float = setting(0.0, check=at_least(0))
+    mix_prob: float = setting(1.0, check=within(0, 1))
+    switch_prob: float = setting(0.5, check=within(0, 1))
+    label_smoothing: float = setting(0.0, check=within(0, 1, hi_open=True))
 
 
 @dataclass
@@ -117,7 +131,7 @@ class ModelConfig:
 
     ``bn_batch`` (0 = off: BN over each process's whole batch): training-mode BatchNorm statistics over
     consecutive chunks of this many images of each process's batch, i.e. ``nn.DataParallel``'s per-GPU
-    BN on one device (``pipeline.scenarios.few_shot.ghost_bn``; the paper's few-shot classifier stage: 32).
+    BN on one device (``pipeline.models.ghost_bn``; the paper's few-shot classifier stage: 32).
     """
 
     name: str = "fmnist_cnn"
@@ -125,10 +139,10 @@ class ModelConfig:
     pretrained: str | None = None
     pretrained_kind: str = "auto"
     pretrained_reset_head: bool = False
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    input_size: int | None = None
-    bn_batch: int = 0
+    mean: list[float] | None = setting(None, check=within(0, 1))
+    std: list[float] | None = setting(None, check=above(0))
+    input_size: int | None = setting(None, check=at_least(1))
+    bn_batch: int = setting(0, check=at_least(0))
 
 
 @dataclass
@@ -146,16 +160,16 @@ class TeacherConfig:
 
     checkpoint: str | None = None
     model: str | None = None
-    mode: str = "store"
+    mode: str = setting("store", choices=TEACHER_MODES)
     store: str | None = None
-    layout: str = "full"
-    dtype: str = "float16"
-    top_k: int = 0
-    batch_size: int = 512
-    chunk_samples: int = 4096
-    read_order: str = "global"
-    read_buffer: str = "double"
-    input: str = "own"
+    layout: str = setting("full", choices=LAYOUTS)
+    dtype: str = setting("float16", choices=DTYPES)
+    top_k: int = setting(0, check=at_least(0))
+    batch_size: int = setting(512, check=at_least(1))
+    chunk_samples: int = setting(4096, check=at_least(1))
+    read_order: str = setting("global", choices=READ_ORDERS)
+    read_buffer: str = setting("double", choices=READ_BUFFERS)
+    input: str = setting("own", choices=TEACHER_INPUTS)
 
 
 def _objective_fields() -> list[tuple[str, Any, Any]]:
@@ -194,23 +208,23 @@ class OptimConfig:
     """
 
     name: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = setting(0.05, check=above(0))
+    momentum: float = setting(0.9, check=within(0, 1, hi_open=True))
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = setting(5e-4, check=at_least(0))
     filter_bias_and_bn: bool = True
-    epochs: int = 10
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-4
-    min_lr: float = 0.0
-    schedule: str = "cosine"
-    milestones: list[float] = field(default_factory=list)
-    decay_rate: float = 0.1
+    epochs: int = setting(10, check=at_least(1))
+    warmup_epochs: float = setting(0.0, check=at_least(0))
+    warmup_lr: float = setting(1e-4, check=at_least(0))
+    min_lr: float = setting(0.0, check=at_least(0))
+    schedule: str = setting("cosine", choices=SCHEDULES)
+    milestones: list[float] = setting(factory=list, check=at_least(0))
+    decay_rate: float = setting(0.1, check=within(0, 1, lo_open=True))
     sched_on_updates: bool = False
-    layer_decay: float = 0.0
-    batch_size: int = 128
-    batch_per_process: int = 0
-    eval_batch_size: int = 512
+    layer_decay: float = setting(0.0, check=within(0, 1))
+    batch_size: int = setting(128, check=at_least(1))
+    batch_per_process: int = setting(0, check=at_least(0))
+    eval_batch_size: int = setting(512, check=at_least(1))
 
 
 @dataclass
@@ -227,15 +241,15 @@ class RunConfig:
     """
 
     output: str = "runs/default"
-    seed: int = 0
+    seed: int = setting(0, check=at_least(0))
     device: str = "cpu"
-    num_threads: int = 2
-    amp: str = "none"
+    num_threads: int = setting(2, check=at_least(1))
+    amp: str = setting("none", choices=AMP_CHOICES)
     channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
     deterministic: bool = False
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = setting(0, check=at_least(0))
     log: list[str] = field(default_factory=list)
 
 
@@ -251,11 +265,23 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    sel_cl: SelCLConfig = field(default_factory=SelCLConfig)
-    noisy: NoisyConfig = field(default_factory=NoisyConfig)
+    # the sections scenarios add (pipeline/scenario.py), read as attributes: cfg.noisy, cfg.sel_cl
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"sections": True})
+
+    def __post_init__(self) -> None:
+        for name, cls in scenario_sections().items():
+            self.sections.setdefault(name, cls())
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"Config has no section {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
+               if f.name != "sections"}
+        return {**out, **{name: dataclasses.asdict(v) for name, v in self.sections.items()}}
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -309,10 +335,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    names = [f.name for f in dataclasses.fields(obj) if not f.metadata.get("sections")]
+    sections = getattr(obj, "sections", {}) if isinstance(obj, Config) else {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of "
+                                  f"{', '.join(f.name for f in dataclasses.fields(sections[key]))}")
+            _apply(sections[key], value, f"{full}.")
+            continue
         if key not in names:
+            names = names + list(sections)
             where = f"section '{prefix[:-1]}'" if prefix else "the top level"
             raise ConfigError(f"unknown config key '{full}'; valid keys in {where}: {', '.join(names)}")
         current = getattr(obj, key)
@@ -324,120 +358,6 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], full))
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """``"optim.lr=0.1"`` -> ``{"optim": {"lr": 0.1}}`` (the value is parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = load_yaml(raw) if raw.strip() else None
-    except RecursionError:
-        raise ConfigError(f"--set {key}: nested too deeply to be a config value") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({' '.join(str(exc).split())[:120]})") from exc
-    if "#" in raw and "#" not in yaml.safe_dump(value):
-        raise ConfigError(f"--set {key}: the '#' in {raw!r} starts a YAML comment and would be dropped; quote the value "
-                          f"({key}='\"{raw.strip()}\"') or remove it")
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with a repeated key (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}, first on line "
-                    f"{seen[key] + 1}): keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-MAX_YAML_NODES = 100_000  # a config of this project has a few hundred; more is an alias ("billion laughs") bomb
-
-
-class _BoundedLoader(_UniqueKeyLoader):
-    """Refuses a document whose aliases expand to more than :data:`MAX_YAML_NODES` nodes.
-
-    PyYAML shares an aliased node instead of copying it, so a 1 KB document of nested anchors loads
-    quickly and then hangs whatever walks it; the expanded size is counted on the node graph (each
-    node once, memoized) before anything is constructed."""
-
-    def compose_document(self) -> yaml.Node:
-        node = super().compose_document()
-        size = _expanded_size(node, {})
-        if size > MAX_YAML_NODES:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"its aliases expand to {size:.3g} values (at most {MAX_YAML_NODES:,}): "
-                "an alias bomb, or a config far larger than any this tool reads", node.start_mark)
-        return node
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """The number of nodes ``node`` stands for once every alias is copied out."""
-    if id(node) not in memo:
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
-    return memo[id(node)]
-
-
-def load_yaml(text: str) -> Any:
-    """Parse config text: safe tags only, no duplicate keys, bounded expanded size."""
-    return yaml.load(text, Loader=_BoundedLoader)
-
-
-BASE_KEY = "_base_"
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: mappings merge key by key, any other value replaces the base's."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def read_config_file(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's mapping, over the file its ``_base_`` names (a path relative to it, mmengine's convention).
-
-    A variant is then a few lines on its base: ``_base_: res56_res20_adaptconf.yaml`` and the keys it changes.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found" + (f" (the _base_ of {chain[-1]})" if chain else ""))
-    if p.resolve() in chain:
-        raise ConfigError(f"{p}: _base_ chain loops back to a file it came from ({' -> '.join(map(str, chain))})")
-    try:
-        data = load_yaml(p.read_text()) or {}
-    except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(f"{p}: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    except RecursionError:
-        raise ConfigError(f"{p}: nested too deeply to be a config") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    base = data.pop(BASE_KEY, None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{p}: {BASE_KEY} must be one file path, got {base!r}")
-    return _merge(read_config_file(p.parent / base, chain + (p.resolve(),)), data)
-
-
 def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[str] | None) -> Any:
     """Fill the dataclass ``cfg`` from a YAML file (and its ``_base_``), then each ``key=value`` override, strictly;
     then :func:`validate` it."""
@@ -445,7 +365,10 @@ def apply_file_and_overrides(cfg: Any, path: str | Path | None, overrides: list[
         _apply(cfg, read_config_file(path), "")
     for text in overrides or []:
         _apply(cfg, parse_override(text), "")
-    return validate(cfg)
+    validate(cfg)
+    if isinstance(cfg, Config):
+        check_scenarios(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -102,6 +102,9 @@ def op_param(name: str, magnitude: float) -> np.ndarray:
     raise ValueError(f"op {name!r} takes no parameter")
 
 
+POLICIES = ("none", "rand_augment", "auto_augment")
+
+
 @dataclass(frozen=True)
 class StudentAugment:
     """Augmentation the teacher never saw, applied to the student's copy of the replayed view.
@@ -118,11 +121,10 @@ class StudentAugment:
     magnitude_std: float = 0.5
     increasing: bool = True
 
-    POLICIES = ("none", "rand_augment", "auto_augment")
 
     def __post_init__(self) -> None:
-        if self.policy not in self.POLICIES:
-            raise ValueError(f"unknown augment.policy {self.policy!r}; valid: {', '.join(self.POLICIES)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown augment.policy {self.policy!r}; valid: {', '.join(POLICIES)}")
         if not 0 <= self.magnitude <= MAX_LEVEL:
             raise ValueError(f"augment.magnitude is in timm's units, 0..{MAX_LEVEL} (rand-m9 is 9), "
                              f"got {self.magnitude}")

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -93,14 +93,20 @@ class Epoch:
     batches: Iterable[Any]
 
 
+class ResolvedConfig(Protocol):
+    """A run's resolved config: its ``to_dict()`` is written to config.yaml and compared on --resume."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class Task:
-    """What :class:`RunLoop` drives; subclasses fill in the hooks below.
+    """What :class:`RunLoop` drives: every attribute and hook the loop uses; subclasses fill in the hooks.
 
     After :meth:`prepare`, ``device``/``dist`` are set and ``epochs``, ``output`` and
     ``checkpoint_every_steps`` describe the run.
     """
 
-    cfg: Any  # the resolved config (``to_dict()``): written to config.yaml, compared on --resume
+    cfg: ResolvedConfig
     epochs: int
     output: Path
     device: torch.device
@@ -126,6 +132,10 @@ class Task:
 
     def load_state_dict(self, state: dict[str, Any], origin: Path) -> None:
         raise NotImplementedError
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 loss scaler whose skipped steps the loop counts (None: the task has none)."""
+        return None
 
     def epoch(self, epoch: int, start_step: int) -> Epoch:
         """The epoch's batches from ``start_step`` (a resume replays what random state the skipped ones used)."""
@@ -240,7 +250,7 @@ class RunLoop:
             random.setstate(partial["py_random"])
             self.partial = None
         if task.skipped is None:  # after a resume loaded the scaler; the count runs across epochs
-            task.skipped = SkippedSteps(getattr(task, "scaler", None))
+            task.skipped = SkippedSteps(task.grad_scaler())
         every = task.checkpoint_every_steps
         with progress(self.console) as bar:
             bar_task = bar.add_task(f"epoch {epoch + 1}/{task.epochs}", total=ep.steps, completed=done)

@@ -23,7 +23,8 @@ from rich.console import Console
 
 from pipeline.config.schema import Config, load_config
 from pipeline.infer_teacher import infer
-from pipeline.experiments.report import load_run, pgr, plus_minus, report
+from pipeline.experiments.report import pgr, plus_minus, report
+from pipeline.experiments.runs import load_run
 from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.stats import mean_std, paired_difference
 from pipeline.train_student import train

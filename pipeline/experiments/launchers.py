@@ -26,6 +26,7 @@ from typing import Callable, ClassVar, Literal, Protocol
 
 from rich.console import Console
 
+import pipeline.scenarios  # noqa: F401  (a worker process registers the built-in scenarios as the CLI does)
 from pipeline.config.schema import ConfigError, load_config
 from pipeline.engine.runtime import RunBusy, RunError, stderr_console
 from store.soft_label_store import StoreError

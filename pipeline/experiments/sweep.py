@@ -25,10 +25,13 @@ import yaml
 from rich.console import Console
 
 from pipeline.engine.checkpoint import write_json
-from pipeline.config.schema import ConfigError, load_config, load_yaml, parse_override
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.config.yaml_files import load_yaml, parse_override
 from pipeline.engine.run_dir import first_difference
-from pipeline.engine.runtime import RunBusy, RunError, RunLock, stderr_console
+from pipeline.engine.runtime import RunError, RunLock, stderr_console
 from pipeline.experiments.launchers import BasicLauncher, Job, LocalProcesses
+from store.backends import store_lock_held
+from store.lock import StoreBusy
 from store.soft_label_store import SoftLabelStore, StoreError
 
 
@@ -110,7 +113,7 @@ def _status(run_dir: Path) -> str:
 def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_overrides: list[str],
           output: str | Path, parallel: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Run the sweep; returns the manifest written to ``<output>/sweep.json``."""
-    from pipeline.infer_teacher import infer, store_lock_dir
+    from pipeline.infer_teacher import infer
 
     console = console or stderr_console()
     out = Path(output)
@@ -123,9 +126,10 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
         console.rule(f"store {base.teacher.store} is missing or unfinished: running infer-teacher once")
         try:
             infer(base, console=console)
-        except RunBusy:  # another process is writing it: wait, then finish whatever it left
+        except StoreBusy:  # another process is writing it: wait, then finish whatever it left
             console.print(f"store {base.teacher.store} is being written by another process; waiting for it")
-            wait_until_free(store_lock_dir(base.teacher.store))
+            while store_lock_held(base.teacher.store):
+                time.sleep(1.0)
             infer(base, console=console)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": str(config), "base_overrides": base_overrides, "grid": {k: v for k, v in grid},

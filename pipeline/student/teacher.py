@@ -18,9 +18,10 @@ from pipeline.engine.runtime import RunError
 from pipeline.data.sources.base import Source
 from pipeline.student.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
 from pipeline.data.views import ViewPolicy
-from store.soft_label_store import SoftLabelStore, StoreError
+from store.backends import open_store
+from store.chunks import StoreError
+from store.protocol import Store
 
-TEACHER_MODES = ("store", "online")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Teacher:
     """A complete store, a model, or both (store + agreement)."""
 
     mode: str
-    store: SoftLabelStore | None = None
+    store: Store | None = None
     model: nn.Module | None = None
     meta: dict[str, Any] | None = None
     sha256: str | None = None
@@ -45,8 +46,6 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
     if not objective.needs_teacher:
         return None, view_policy(cfg)
     mode = cfg.teacher.mode
-    if mode not in TEACHER_MODES:
-        raise RunError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, got {mode!r}")
     t = Teacher(mode)
     if cfg.teacher.checkpoint:
         model, t.meta, t.sha256 = load_teacher(cfg.teacher.checkpoint, cfg.teacher.model, train_src.num_classes,
@@ -57,7 +56,7 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
     if mode == "store":
         if not cfg.teacher.store:
             raise RunError("teacher.store is not set; run `w2s infer-teacher` and point teacher.store at its output")
-        t.store = SoftLabelStore.open(cfg.teacher.store)
+        t.store = open_store(cfg.teacher.store)
         policy = view_policy(cfg, seed=t.store.attrs.get("view_policy", {}).get("seed"))
         expected: dict[str, Any] = {"dataset": dataset_record(train_src), "view_policy": policy.describe()}
         if t.meta is not None:

@@ -32,7 +32,7 @@ from pipeline.scenarios.few_shot.config import FewShotConfig, load_few_shot_conf
 from pipeline.scenarios.few_shot.episodes import (cosine_logits, episode_sampler, evaluate_episodes, mean_confidence_interval,
                                         prototypes, sample_episode)
 from pipeline.scenarios.few_shot.evaluation import evaluate
-from pipeline.scenarios.few_shot.ghost_bn import ghost_batch_norm
+from pipeline.models.ghost_bn import ghost_batch_norm
 from pipeline.scenarios.few_shot.meta import EpisodeLayout, MetaTrainer, epoch_batches, meta_train
 
 __all__ = [

@@ -1,9 +1,8 @@
-"""The few-shot commands' configuration: :class:`FewShotConfig`, :func:`load_few_shot_config` and the
-range checks each command runs when it starts (:func:`_check_episodes` for ``eval``, :func:`_check_meta`
-for ``meta``).
+"""The few-shot commands' configuration: :class:`FewShotConfig` and :func:`load_few_shot_config`.
 
 The schema is parsed by the same strict loader as the pipeline's configs
-(``pipeline.config.schema.apply_file_and_overrides``): an unknown key is an error listing its section's valid keys.
+(``pipeline.config.schema.apply_file_and_overrides``): an unknown key is an error listing its section's
+valid keys, and each key's range or choices, declared beside it, is checked at load.
 """
 from __future__ import annotations
 
@@ -15,10 +14,14 @@ from typing import Any
 import yaml
 
 from pipeline.engine.checkpoint import atomic_write
-from pipeline.config.schema import ConfigError, DataConfig, apply_file_and_overrides
-from pipeline.objectives import WARMUP_STYLES
+from pipeline.config.checks import Check, setting
+from pipeline.config.schema import ConfigError, DataConfig, RunConfig, apply_file_and_overrides
+from pipeline.objectives import OBJECTIVES, WARMUP_STYLES
 
-META_OBJECTIVES = ("none", "kd", "adaptconf")
+# "none" is plain Meta-Baseline (the registry's vanilla); every registered objective is available
+META_OBJECTIVES = ("none", *(name for name in OBJECTIVES if name != "vanilla"))
+UNUSED_RUN_KEYS = ("amp", "channels_last", "compile", "compile_backend", "deterministic")
+_COUNT, _POSITIVE, _NONNEG = Check(lo=1), Check(lo=0, lo_open=True), Check(lo=0)
 
 
 @dataclass
@@ -43,55 +46,43 @@ class EpisodesConfig:
     ``batch_size`` is the number of images embedded at once.
     """
 
-    n_way: int = 5
-    shots: list[int] = field(default_factory=lambda: [1, 5])
-    n_query: int = 15
-    episodes: int = 2000
-    seed: int = 0
-    batch_size: int = 256
+    n_way: int = setting(5, check=Check(lo=2))
+    shots: list[int] = setting(factory=lambda: [1, 5], check=Check(lo=1, nonempty=True))
+    n_query: int = setting(15, check=_COUNT)
+    episodes: int = setting(2000, check=_COUNT)
+    seed: int = setting(0, check=_NONNEG)
+    batch_size: int = setting(256, check=_COUNT)
 
 
 @dataclass
 class MetaConfig:
     """Meta-Baseline training: ``epochs`` x ``batches_per_epoch`` SGD steps of ``episodes_per_batch`` episodes.
 
-    ``objective``: none (plain Meta-Baseline, query CE only), kd or adaptconf (the arguments of
+    ``objective``: none (plain Meta-Baseline, query CE only) or any registered objective (the arguments of
     ``pipeline.objectives.build_objective``; ``warmup_rate``/``warmup_style`` are AdaptConf's beta warm-up).
     ``bn_episodes`` (0 = off: BN over the whole batch): the student encoder's training-mode BatchNorm
     statistics are computed over consecutive groups of this many episodes (ghost batches,
-    ``pipeline.scenarios.few_shot.ghost_bn``), as ``nn.DataParallel`` splits a batch's episodes over GPUs
+    ``pipeline.models.ghost_bn``), as ``nn.DataParallel`` splits a batch's episodes over GPUs
     (the paper: 4 episodes on 2 GPUs, so 2).
     """
 
-    epochs: int = 20
-    batches_per_epoch: int = 200
-    episodes_per_batch: int = 4
-    n_way: int = 5
-    k_shot: int = 1
-    n_query: int = 15
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    objective: str = "none"
-    kd_temperature: float = 10.0
-    threshold: float = 0.25
-    warmup_rate: float = 0.25
-    warmup_style: str = "few_shot"
-    kd_weight: float = 1.0
-    gt_weight: float = 1.0
-    bn_episodes: int = 0
-
-
-@dataclass
-class FewShotRunConfig:
-    """Where results go and how the process runs."""
-
-    output: str = "runs/few_shot/default"
-    seed: int = 0
-    device: str = "cpu"
-    num_threads: int = 2
-    checkpoint_every_steps: int = 0
-    log: list[str] = field(default_factory=list)
+    epochs: int = setting(20, check=_COUNT)
+    batches_per_epoch: int = setting(200, check=_COUNT)
+    episodes_per_batch: int = setting(4, check=_COUNT)
+    n_way: int = setting(5, check=Check(lo=2))
+    k_shot: int = setting(1, check=_COUNT)
+    n_query: int = setting(15, check=_COUNT)
+    lr: float = setting(1e-3, check=_POSITIVE)
+    momentum: float = setting(0.9, check=Check(0, 1, hi_open=True))
+    weight_decay: float = setting(5e-4, check=_NONNEG)
+    objective: str = setting("none", choices=META_OBJECTIVES)
+    kd_temperature: float = setting(10.0, check=_POSITIVE)
+    threshold: float = setting(0.25, check=_POSITIVE)
+    warmup_rate: float = setting(0.25, check=Check(0, 1))
+    warmup_style: str = setting("few_shot", choices=WARMUP_STYLES)
+    kd_weight: float = setting(1.0, check=_NONNEG)
+    gt_weight: float = setting(1.0, check=_NONNEG)
+    bn_episodes: int = setting(0, check=_NONNEG)
 
 
 @dataclass
@@ -104,7 +95,7 @@ class FewShotConfig:
     teacher: FewShotTeacherConfig = field(default_factory=FewShotTeacherConfig)
     episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
-    run: FewShotRunConfig = field(default_factory=FewShotRunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output="runs/few_shot/default"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,31 +106,11 @@ def load_few_shot_config(path: str | Path | None = None, overrides: list[str] | 
     cfg = apply_file_and_overrides(FewShotConfig(), path, overrides)
     if cfg.data.noise_mode != "none":
         raise ConfigError("data.noise_mode: the few-shot commands do not inject label noise; leave it at none")
+    default = RunConfig()
+    for key in UNUSED_RUN_KEYS:  # the shared run section: refuse what these commands would silently ignore
+        if getattr(cfg.run, key) != getattr(default, key):
+            raise ConfigError(f"run.{key}: the few-shot commands do not use it; leave it at {getattr(default, key)!r}")
     return cfg
-
-
-def _positive(section: str, **values: int | float) -> None:
-    """ConfigError naming the first of ``values`` that is not > 0."""
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{section}.{key} must be > 0, got {value}")
-
-
-def _check_episodes(e: EpisodesConfig) -> None:
-    _positive("episodes", n_way=e.n_way, n_query=e.n_query, episodes=e.episodes, batch_size=e.batch_size)
-    if not e.shots or any(k < 1 for k in e.shots):
-        raise ConfigError(f"episodes.shots must be a non-empty list of shot counts >= 1, got {e.shots}")
-
-
-def _check_meta(m: MetaConfig) -> None:
-    if m.objective not in META_OBJECTIVES:
-        raise ConfigError(f"meta.objective must be one of {', '.join(META_OBJECTIVES)}, got {m.objective!r}")
-    if m.warmup_style not in WARMUP_STYLES:
-        raise ConfigError(f"meta.warmup_style must be one of {', '.join(WARMUP_STYLES)}, got {m.warmup_style!r}")
-    _positive("meta", epochs=m.epochs, batches_per_epoch=m.batches_per_epoch, episodes_per_batch=m.episodes_per_batch,
-              k_shot=m.k_shot, n_query=m.n_query, lr=m.lr)
-    if m.n_way < 2:
-        raise ConfigError(f"meta.n_way must be >= 2, got {m.n_way}")
 
 
 def _save_config(cfg: FewShotConfig, out: Path) -> None:

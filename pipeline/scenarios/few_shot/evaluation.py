@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from pipeline.engine.checkpoint import write_json
-from pipeline.scenarios.few_shot.config import FewShotConfig, _check_episodes, _save_config
+from pipeline.scenarios.few_shot.config import FewShotConfig, _save_config
 from pipeline.scenarios.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.scenarios.few_shot.episodes import evaluate_episodes
 from pipeline.engine.runtime import RunLock, setup, stderr_console
@@ -54,7 +54,6 @@ def evaluate(cfg: FewShotConfig, console: Console | None = None) -> dict[str, An
     numbers). Writes ``config.yaml`` and ``result.json`` (accuracies as fractions) to ``run.output``.
     """
     console = console or stderr_console()
-    _check_episodes(cfg.episodes)
     _single_process()
     out = Path(cfg.run.output)
     with RunLock(out):

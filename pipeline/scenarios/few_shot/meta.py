@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from pipeline.engine.checkpoint import CheckpointError
 
 from pipeline.models.files import load_state_strict, save_model
-from pipeline.scenarios.few_shot.config import FewShotConfig, _check_meta
+from pipeline.scenarios.few_shot.config import FewShotConfig
 from pipeline.scenarios.few_shot.data import _fixed_views, _load_encoder, _single_process, _split, embed
 from pipeline.scenarios.few_shot.episodes import cosine_logits, prototypes, sample_episode
-from pipeline.scenarios.few_shot.ghost_bn import set_bn_batch
+from pipeline.models.ghost_bn import set_bn_batch
 from pipeline.objectives import Objective, build_objective
 from pipeline.engine.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.engine.runtime import RunError, setup, stderr_console
@@ -223,7 +223,7 @@ def meta_train(cfg: FewShotConfig, resume: bool = False, console: Console | None
 
     Each step embeds ``meta.episodes_per_batch`` episodes (support then queries, one forward in
     train mode; with ``meta.bn_episodes`` its BatchNorm statistics are per group of that many episodes,
-    as the paper's 2-GPU DataParallel computes them: ``pipeline.scenarios.few_shot.ghost_bn``); the student's
+    as the paper's 2-GPU DataParallel computes them: ``pipeline.models.ghost_bn``); the student's
     logits are its learnable-scale cosine similarities to the support prototypes, the teacher's
     (``meta.objective`` kd/adaptconf) the same with its own encoder and a fixed scale 10. Loss:
     ``build_objective(...)(student, teacher, query labels, epoch, epochs)``, i.e.
@@ -231,7 +231,6 @@ def meta_train(cfg: FewShotConfig, resume: bool = False, console: Console | None
     checkpoint (``--resume`` continues to the same result); the end writes ``model.safetensors``
     + ``model.json`` (loadable by :func:`evaluate` and ``load_model``) and ``result.json``.
     """
-    _check_meta(cfg.meta)
     _single_process()
     console = console or stderr_console()
     return RunLoop(MetaTrainer(cfg, console), resume, console).run()
