@@ -20,7 +20,7 @@ Throughput (paired: variants alternate in short slices, ratios are medians of pe
   read rate against the logits rate the limit consumes.
 NVIDIA DALI GPU operators are NOT covered: DALI is not installed on the GPU machine, and nothing here imports it.
 
-Every check takes its device(s) as arguments so that the logic can also run on CPU (tests/test_gpu_check.py).
+Every check takes its device(s) as arguments so that the logic can also run on CPU (tests/experiments/test_gpu_check.py).
 Only torch, timm, numpy, pyarrow, safetensors are needed (zarr for the store checks, which are skipped without it).
 """
 from __future__ import annotations

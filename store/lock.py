@@ -104,16 +104,20 @@ class FlockLock:
     @staticmethod
     def held(store: str) -> bool:
         """Whether a live process holds the lock of ``store`` now."""
-        path = _lock_dir(store) / ".lock"
-        if not path.exists():
-            return False
-        with open(path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return flock_held(_lock_dir(store) / ".lock")
+
+
+def flock_held(path: Path) -> bool:
+    """Whether a live process holds an exclusive ``flock`` on the file ``path`` now (probed, not taken)."""
+    if not path.exists():
         return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 class LeaseLock:

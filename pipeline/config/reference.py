@@ -1,6 +1,6 @@
 """The config reference generated from the dataclasses: every key, its type and default (``docs/config_keys.md``).
 
-``python -m pipeline.config.reference`` rewrites the file; ``tests/test_config_reference.py``
+``python -m pipeline.config.reference`` rewrites the file; ``tests/config/test_config_reference.py``
 fails when it is stale, or when a key has no row in the hand-written ``docs/configuration.md``
 (or, for the few-shot and noisy-label schemas, their scenario pages).
 """

@@ -15,7 +15,7 @@ import numpy as np
 # An operation's strength is timm's level, 0..MAX_LEVEL (timm's _LEVEL_DENOM: ``rand-m9`` is 9/10
 # of each operation's range). DALI's auto_aug operators read their parameter from a table indexed
 # by a magnitude bin: here bin b is level b / BINS_PER_LEVEL, and each table entry is computed
-# from that level with timm's formula (tests/test_augment_fidelity.py checks every op and bin
+# from that level with timm's formula (tests/data/test_augment_fidelity.py checks every op and bin
 # against timm's own LEVEL_TO_ARG). timm's magnitude noise (``mstd``: level ~ N(m, mstd) clipped to
 # [0, 10], per op application) is drawn in the pipeline and rounded to the nearest bin.
 

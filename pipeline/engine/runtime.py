@@ -14,6 +14,7 @@ import torch.distributed as dist
 from rich.console import Console
 
 from pipeline.engine.resource_checks import check_threads
+from store.lock import flock_held
 
 
 def stderr_console() -> Console:
@@ -116,16 +117,7 @@ class RunLock:
     @staticmethod
     def is_held(directory: Path) -> bool:
         """Whether a live process holds the lock of ``directory`` now."""
-        path = directory / ".lock"
-        if not path.exists():
-            return False
-        with open(path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return flock_held(directory / ".lock")
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:

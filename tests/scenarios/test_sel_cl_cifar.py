@@ -14,7 +14,7 @@ import pytest
 from tests.cli_run import ok
 from tests.formats import write_cifar100
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "configs" / "noisy" / "sel_cl"
 TINY = ["run.device=cpu", "model.name=fmnist_cnn", "model.kwargs={width: 4}", "optim.epochs=2", "optim.batch_size=40",
         "optim.eval_batch_size=100"]

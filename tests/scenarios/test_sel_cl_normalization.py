@@ -26,7 +26,7 @@ from pipeline.train_student import Trainer
 from tests.cli_run import ok
 from tests.formats import dump_py2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "configs" / "noisy" / "sel_cl"
 UPSTREAM = {  # noisy_labels_learning/CIFAR/train_Sel-CL.py and train_Sel-CL_fine-tuning.py, main
     "cifar10": (np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010])),

@@ -41,7 +41,7 @@ from pipeline.data.timm_augment import (
 )
 from pipeline.data.views import InputSpec, ViewPolicy, pixel_boxes, sample_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ALL_OPS = sorted(set(RAND_OPS) | set(RAND_OPS_INCREASING) | set(augment_names(StudentAugment("auto_augment"))))
 FILL = (124, 116, 104)  # timm's img_mean for the ImageNet mean
 HPARAMS = dict(translate_const=100, img_mean=FILL)  # what timm's create_transform passes (no translate_pct)

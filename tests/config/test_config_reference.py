@@ -10,7 +10,7 @@ import pytest
 from pipeline.config.schema import Config
 from pipeline.config.reference import OUTPUT, keys, render, schemas
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_generated_reference_is_up_to_date() -> None:

@@ -99,7 +99,7 @@ def test_store_does_not_import_torch():
     import subprocess
     import sys
     code = "import sys, store.soft_label_store, store.inspect; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
 
 def test_top_k_layout_round_trip(tmp_path):

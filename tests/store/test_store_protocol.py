@@ -26,7 +26,7 @@ from store.protocol import Store, StoreBackend
 from store.soft_label_store import SoftLabelStore
 from tests.cli_run import ok, one_line_failure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _make(path: str) -> SoftLabelStore:

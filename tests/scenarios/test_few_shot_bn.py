@@ -23,7 +23,7 @@ from pipeline.models import create
 from pipeline.engine.runtime import RunError
 from pipeline.train_student import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "few_shot"
 QUIET = Console(quiet=True)
 

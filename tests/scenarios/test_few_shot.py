@@ -27,7 +27,7 @@ from pipeline.engine.run_loop import RunLoop
 from tests.cli_run import fails, ok
 from tests.formats import dump_py2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "few_shot"
 
 BASE, NOVEL = 6, 5  # classes in the generated miniImageNet splits

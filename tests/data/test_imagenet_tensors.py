@@ -31,7 +31,7 @@ from pipeline.train_student import Trainer
 from pipeline.data.views import pixel_boxes, sample_params
 from store.soft_label_store import SoftLabelStore, StoreError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/imagenet/vitb_mae_res50_adaptconf.yaml"
 CLASSES = ("n01440764", "n01443537")
 

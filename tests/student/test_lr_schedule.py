@@ -20,7 +20,7 @@ from pipeline.engine.runtime import RunError
 from pipeline.scenarios.sel_cl.pretrain import build_schedule
 from pipeline.student.setup import build_optimizer, build_scheduler
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAIN = "classification/train.py (timm 0.6.12 create_scheduler, lr_scheduler.step(epoch + 1) after each epoch)"
 STEPS = 3  # updates per epoch in these tests; a per-epoch schedule does not depend on it
 

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.config.schema import load_config
 from pipeline.scenarios.few_shot import load_few_shot_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # upstream files (paths from the root of github.com/ggjy/vision_weak_to_strong)
 TRAIN_PY = "classification/train.py"

@@ -24,7 +24,7 @@ from pipeline.engine.runtime import RunError
 from tests.cli_run import fails, invoke, ok
 from tests.helpers import fmnist_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FEW_SHOT_KEYS = ("meta", "episodes", "encoder")  # top-level sections only the few-shot schema has
 
 

@@ -21,7 +21,7 @@ from pipeline.models import create
 from pipeline.student.step import Precision
 from pipeline.student.setup import build_optimizer
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _groups(config: str, num_classes: int, size: int) -> tuple[torch.nn.Module, list[dict]]:

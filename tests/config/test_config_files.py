@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config.schema import ConfigError, load_config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ONLINE = sorted(CONFIGS.glob("**/*_online.yaml"))
 
 

@@ -13,7 +13,7 @@ from store.soft_label_store import SoftLabelStore
 from tests.cli_run import invoke, ok
 from tests.formats import write_cifar100
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 

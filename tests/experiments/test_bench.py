@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.data.sources.fashion_mnist import DEBIAN_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(script: str, *args: str) -> tuple[dict[str, Any], str]:
@@ -99,7 +99,7 @@ def test_store_scale_bench_uses_the_stores_view_param_width():
 
     from pipeline.data.views import PARAM_DIM
 
-    spec = importlib.util.spec_from_file_location("store_scale", Path(__file__).resolve().parent.parent / "bench" / "store_scale.py")
+    spec = importlib.util.spec_from_file_location("store_scale", Path(__file__).resolve().parents[2] / "bench" / "store_scale.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.PARAM_DIM == PARAM_DIM
