@@ -66,7 +66,8 @@ def test_ctrl_c_in_infer_teacher_says_how_it_continues(teacher, tmp_path):
     """infer-teacher has no --resume: Ctrl-C says to rerun the same command, and the rerun finishes the store."""
     _, cfg = teacher
     store = tmp_path / "store"
-    args = ["infer-teacher", str(cfg), "--set", f"teacher.store={store}"]
+    args = ["infer-teacher", str(cfg), "--set", f"teacher.store={store}", "--set", "data.limit=2000",
+            "--set", "teacher.chunk_samples=8", "--set", "teacher.batch_size=8"]  # 750 chunks: time to interrupt
     proc = start(w2s_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(store_has_chunks(store, 2), proc, strict=False)
     proc.send_signal(signal.SIGINT)
