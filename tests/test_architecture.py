@@ -6,7 +6,6 @@ an arrow. The layers, bottom up, are in ``LAYERS``; docs/design.md draws them.
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

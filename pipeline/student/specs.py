@@ -5,7 +5,6 @@ from typing import Any
 
 from pipeline.config.schema import Config
 from pipeline.data.mixing import MixConfig
-from pipeline.engine.runtime import RunError
 from pipeline.data.sources.base import Source
 from pipeline.data.timm_augment import StudentAugment
 from pipeline.data.views import InputSpec, ViewPolicy
