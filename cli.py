@@ -149,18 +149,55 @@ def train_student(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
 
 
 @app.command("sweep")
-def sweep_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
-              grid: List[str] = typer.Option(..., "--grid", help="key=v1,v2,... (repeatable; the product is swept)"),
+def sweep_cmd(config: Optional[Path] = typer.Argument(None, help="YAML config (see configs/)"),
+              set_: Optional[List[str]] = SetOpt,
+              grid: Optional[List[str]] = typer.Option(None, "--grid", help="key=v1,v2,... (repeatable; the product is swept)"),
               seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
-              parallel: int = typer.Option(1, "--parallel", help="runs at a time (separate processes when > 1)"),
+              parallel: int = typer.Option(1, "--parallel", help="runs at a time on this machine (separate processes when > 1)"),
+              launcher: str = typer.Option("basic", "--launcher", help="basic | submitit_local | submitit_slurm (settings: the config's launcher section)"),
+              status: Optional[Path] = typer.Option(None, "--status", help="show each run's state in this sweep directory, then exit"),
               output: Optional[Path] = typer.Option(None, "--output", help="sweep directory (default runs/sweep-<config>)")) -> None:
     """Many student runs on one store: every grid combination x seed, each in its own run directory."""
+    def show() -> None:
+        from pipeline.experiments.sweep_status import sweep_status
+
+        rows = sweep_status(status)  # type: ignore[arg-type]
+        for r in rows:
+            typer.echo("  ".join(x for x in (f"{r['state']:<8}", r["name"], f"job {r['job']}" if r["job"] else "",
+                                            r["detail"]) if x))
+        counts = {s: sum(r["state"] == s for r in rows) for s in dict.fromkeys(r["state"] for r in rows)}
+        typer.echo(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
     def go() -> None:
+        from pipeline.config.schema import ConfigError
         from pipeline.experiments.sweep import sweep
 
+        if config is None or not grid:
+            raise ConfigError("sweep needs a CONFIG and at least one --grid key=v1,v2 (or --status DIR to show a sweep)")
         out = output or Path("runs") / f"sweep-{config.stem}"
-        sweep(config, grid, list(_seeds(seeds)), set_ or [], out, parallel, console=console)
+        sweep(config, grid, list(_seeds(seeds)), set_ or [], out, parallel, console=console, launcher=launcher)
         typer.echo(f"sweep finished: w2s report {out}")
+    _guard(show if status is not None else go, RERUN_HINT)
+
+
+@app.command("tune")
+def tune_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+             space: List[str] = typer.Option(..., "--space", help="key=float:LOW:HIGH[:log], key=int:LOW:HIGH[:log] "
+                                             "or key=categorical:v1,v2,... (repeatable)"),
+             trials: int = typer.Option(..., "--trials", help="finished (complete or pruned) trials the study reaches"),
+             parallel: int = typer.Option(1, "--parallel", help="worker processes (1: trials run in this process)"),
+             storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql://user@host/db "
+                                                   "(default: the journal file <output>/study.journal)"),
+             study: Optional[str] = typer.Option(None, "--study", help="study name (default: the output directory's name)"),
+             pruner: str = typer.Option("median", "--pruner", help="median or none"),
+             output: Optional[Path] = typer.Option(None, "--output", help="tune directory (default runs/tune-<config>)")) -> None:
+    """Optuna study over objective and optimizer keys on one store, scored by the last epoch's validation accuracy."""
+    def go() -> None:
+        from pipeline.experiments.tune import tune
+
+        out = output or Path("runs") / f"tune-{config.stem}"
+        tune(config, space, trials, set_ or [], out, parallel, storage, study, pruner, console=console)
+        typer.echo(f"tune finished: w2s report {out}")
     _guard(go, RERUN_HINT)
 
 
@@ -174,6 +211,12 @@ def report_cmd(run_dirs: List[Path] = typer.Argument(..., help="run or sweep dir
         from pipeline.experiments.report import report
 
         out = output or run_dirs[0] / "report"
+        if len(run_dirs) == 1 and (run_dirs[0] / "tune.json").is_file():  # a w2s tune directory: its trials
+            from pipeline.experiments.tune_report import tune_report
+
+            typer.echo(tune_report(run_dirs[0], out, console))
+            console.print(f"tables and figures in {out}")
+            return
         table, _ = report(run_dirs, out, weak or [], ceiling or [])
         typer.echo(table)
         console.print(f"tables and figures in {out}")
@@ -181,7 +224,7 @@ def report_cmd(run_dirs: List[Path] = typer.Argument(..., help="run or sweep dir
 
 
 @app.command("inspect")
-def inspect(store: Path = typer.Argument(..., help="store directory"),
+def inspect(store: str = typer.Argument(..., help="store: a directory or an fsspec URL (s3://bucket/store)"),
             verify: bool = typer.Option(False, "--verify", help="check every chunk's checksum")) -> None:
     """Summarize a store; with --verify, name any chunk whose bytes changed since it was written."""
     def go() -> None:

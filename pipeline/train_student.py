@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -260,7 +260,11 @@ def run_objective(cfg: Config, role: str) -> Objective:
     return objective
 
 
-def train(cfg: Config, role: str = "student", resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run one training job (see :class:`Trainer`); returns the contents of ``result.json``."""
+def train(cfg: Config, role: str = "student", resume: bool = False, console: Console | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run one training job (see :class:`Trainer`); returns the contents of ``result.json``.
+
+    ``on_epoch`` sees every finished epoch's metrics row (an Optuna trial reports and prunes there).
+    """
     trainer = Trainer(cfg, role, console)
-    return RunLoop(trainer, resume, trainer.console).run()
+    return RunLoop(trainer, resume, trainer.console, on_epoch).run()

@@ -254,6 +254,37 @@ class RunConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Where a sweep's or tune's jobs run under the submitit launchers (``--launcher submitit_slurm|submitit_local``).
+
+    The names are Hydra's submitit launcher's, which map onto submitit's executor parameters
+    (``partition`` is ``slurm_partition``, ``setup`` is ``slurm_setup`` and so on). ``tasks_per_node`` x
+    ``nodes`` processes make one run's DDP ranks (``gpus_per_node`` GPUs each node). ``timeout_min`` is the
+    job's time limit: SLURM signals the job ``signal_delay_s`` seconds before it, and the run writes a step
+    checkpoint and requeues itself, at most ``max_num_timeout`` times (preemptions do not count).
+    ``array_parallelism`` > 0 submits the runs as one job array running at most that many at once.
+    ``setup`` lines run in the job script before the run; ``additional_parameters`` are extra
+    ``#SBATCH`` options (``{"mail-type": "END"}``). A resumed run may change every key of this section.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = setting(1, check=at_least(1))
+    tasks_per_node: int = setting(1, check=at_least(1))
+    gpus_per_node: int = setting(0, check=at_least(0))
+    cpus_per_task: int = setting(2, check=at_least(1))
+    mem_gb: float = setting(8.0, check=above(0))
+    timeout_min: int = setting(60, check=at_least(1))
+    signal_delay_s: int = setting(120, check=at_least(0))
+    max_num_timeout: int = setting(3, check=at_least(0))
+    array_parallelism: int = setting(0, check=at_least(0))
+    setup: list[str] = field(default_factory=list)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """A whole experiment; each command reads the sections it needs."""
 
@@ -265,6 +296,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # the sections scenarios add (pipeline/scenario.py), read as attributes: cfg.noisy, cfg.sel_cl
     sections: dict[str, Any] = field(default_factory=dict, metadata={"sections": True})
 

@@ -24,10 +24,10 @@ from pipeline.engine.runtime import RunError
 
 RESUME_FREE = frozenset({
     "run.output", "run.device", "run.num_threads", "run.log", "run.checkpoint_every_steps",
-    "optim.eval_batch_size", "teacher.batch_size", "teacher.read_buffer",
+    "optim.eval_batch_size", "teacher.batch_size", "teacher.read_buffer", "launcher",
 })
 """Keys a resumed run may change: where it runs, threads, logging, checkpoint frequency and batch sizes of passes
-that do not train (evaluation, stage-1 inference) or only buffer reads. Every other key changes results."""
+that do not train (evaluation, stage-1 inference) or only buffer reads, and where the cluster runs it. Every other key changes results."""
 
 _MISSING = object()
 

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.engine.checkpoint import CheckpointError, load_state, save_state
 from pipeline.engine.nonfinite import LossWatch, SkippedSteps, check_step, check_weights
+from pipeline.engine.preemption import Preempted, stop_requested
 from pipeline.engine.run_dir import RunDir, epoch_line
 from pipeline.engine.runtime import Dist, RunError, all_reduce_sum, main_lock
 from pipeline.engine.trackers import Trackers
@@ -193,8 +194,10 @@ def progress(console: Console) -> Progress:
 class RunLoop:
     """Run a :class:`Task` in its run directory; see the module docstring."""
 
-    def __init__(self, task: Task, resume: bool, console: Console) -> None:
+    def __init__(self, task: Task, resume: bool, console: Console,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.task, self.console = task, console
+        self.on_epoch = on_epoch  # sees each finished epoch's row on rank 0 (an Optuna trial reports it)
         self.run_dir = RunDir(task.output, resume, console)
         self.step_path = self.run_dir.checkpoints / "step.pt"
         self.partial: dict[str, Any] | None = None  # where a step checkpoint left the epoch it interrupted
@@ -230,6 +233,10 @@ class RunLoop:
                     self.step_path.unlink(missing_ok=True)  # superseded
                     trackers.log(row)
                     self.console.print(epoch_line(row, task.epochs, task.epoch_line))
+                    if self.on_epoch is not None:
+                        self.on_epoch(row)
+                if epoch + 1 < task.epochs and stop_requested(task.dist.world, task.device):
+                    self._preempted(f"after epoch {epoch + 1}")
         finally:
             trackers.close()
         result = {**task.finish(history), **epoch_selection(history)}
@@ -261,10 +268,19 @@ class RunLoop:
                            lr_key=task.lr_key, watch=self.loss_watch)
                 sums.add(out.metrics)
                 bar.advance(bar_task)
-                if every and (step + 1) % every == 0 and step + 1 < ep.steps:
-                    self._step_checkpoint(epoch, step + 1, sums)
+                if step + 1 < ep.steps:
+                    if stop_requested(task.dist.world, task.device):
+                        self._step_checkpoint(epoch, step + 1, sums)
+                        self._preempted(f"in epoch {epoch + 1} after step {step + 1}")
+                    if every and (step + 1) % every == 0:
+                        self._step_checkpoint(epoch, step + 1, sums)
         elapsed = time.perf_counter() - start
         return task.epoch_row(epoch, sums.means(task.device, task.dist), elapsed)
+
+    def _preempted(self, where: str) -> None:
+        if self.task.dist.is_main:
+            self.console.print(f"stop requested: checkpoint written {where}; --resume continues from there")
+        raise Preempted(f"{self.task.output}: stopped {where}")
 
     # -- checkpoints -------------------------------------------------------------------------
     def _restore(self) -> tuple[int, list[dict[str, Any]]]:

@@ -51,7 +51,7 @@ def _text(path: Path, fix: str) -> str:
         raise ReportError(f"{path}: not text ({exc.reason} at byte {exc.start}); {fix}") from None
 
 
-def _json(path: Path, fix: str) -> Any:
+def read_json_file(path: Path, fix: str) -> Any:
     """``path`` parsed as JSON; a :class:`ReportError` naming it and ``fix`` when it is not JSON."""
     try:
         return json.loads(_text(path, fix))
@@ -62,7 +62,7 @@ def _json(path: Path, fix: str) -> Any:
 def _sweep_settings(manifest: Path, run_name: str) -> dict[str, Any]:
     """The ``--grid`` settings ``sweep.json`` records for ``run_name`` (empty when it lists no such run)."""
     fix = "delete it (the report then labels runs by their configs) or rerun the sweep to rewrite it"
-    data = _json(manifest, fix)
+    data = read_json_file(manifest, fix)
     runs = data.get("runs", []) if isinstance(data, dict) else None
     if not isinstance(runs, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                              and isinstance(e.get("settings"), dict) for e in runs):
@@ -76,7 +76,7 @@ def _sweep_settings(manifest: Path, run_name: str) -> dict[str, Any]:
 
 def _result(path: Path) -> dict[str, Any]:
     """``result.json``: an object with a numeric ``test_acc`` (and numbers, or null, for the other accuracies)."""
-    result = _json(path, LEAVE_OUT)
+    result = read_json_file(path, LEAVE_OUT)
     if not isinstance(result, dict):
         raise ReportError(f"{path}: not a run result (a JSON {type(result).__name__}, expected an object); {LEAVE_OUT}")
     if not _is_number(result.get("test_acc")):

@@ -29,7 +29,8 @@ from pipeline.config.schema import ConfigError, load_config
 from pipeline.config.yaml_files import load_yaml, parse_override
 from pipeline.engine.run_dir import first_difference
 from pipeline.engine.runtime import RunError, RunLock, stderr_console
-from pipeline.experiments.launchers import BasicLauncher, Job, LocalProcesses
+from pipeline.experiments import submitit_launchers  # noqa: F401  (registers submitit_local and submitit_slurm)
+from pipeline.experiments.launchers import LAUNCHERS, BasicLauncher, Job, Launcher, LocalProcesses
 from store.backends import store_lock_held
 from store.lock import StoreBusy
 from store.soft_label_store import SoftLabelStore, StoreError
@@ -110,8 +111,20 @@ def _status(run_dir: Path) -> str:
     return "partial" if (run_dir / "checkpoints" / "state.pt").exists() else "new"
 
 
+def make_launcher(name: str, base: Any, parallel: int) -> Launcher:
+    """The launcher called ``name``: ``basic`` runs in this process, or ``parallel`` local processes when > 1."""
+    if name not in LAUNCHERS:
+        raise ConfigError(f"unknown --launcher {name!r}; choose one of {', '.join(LAUNCHERS)}")
+    if name == "basic":
+        return LocalProcesses(parallel) if parallel > 1 else BasicLauncher()
+    if name == "local_processes":
+        return LocalProcesses(parallel)
+    return LAUNCHERS[name](base.launcher, parallel)
+
+
 def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_overrides: list[str],
-          output: str | Path, parallel: int = 1, console: Console | None = None) -> dict[str, Any]:
+          output: str | Path, parallel: int = 1, console: Console | None = None,
+          launcher: str = "basic") -> dict[str, Any]:
     """Run the sweep; returns the manifest written to ``<output>/sweep.json``."""
     from pipeline.infer_teacher import infer
 
@@ -122,6 +135,7 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
     for r in runs:  # validate every combination, and that finished runs hold these settings, before any work
         check_same_settings(out, r, load_config(config, base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]))
     base = load_config(config, base_overrides)
+    run_launcher = make_launcher(launcher, base, parallel)
     if base.teacher.mode == "store" and base.teacher.store and not _store_complete(base.teacher.store):
         console.rule(f"store {base.teacher.store} is missing or unfinished: running infer-teacher once")
         try:
@@ -141,11 +155,10 @@ def sweep(config: str | Path, grid_items: list[str], seeds: list[int], base_over
 
     jobs = {r.name: Job(r.name, str(config), tuple(base_overrides + list(r.overrides) + [f"run.output={out / r.name}"]),
                         out / r.name) for r in todo}
-    launcher = LocalProcesses(parallel) if parallel > 1 else BasicLauncher()
     failed: list[str] = []
     pending = todo
     while pending:  # a run held by another live process (an identical sweep, say) is waited for, not failed
-        outcomes = launcher.launch([jobs[r.name] for r in pending], console)
+        outcomes = run_launcher.launch([jobs[r.name] for r in pending], console)
         failed += [r.name for r, o in zip(pending, outcomes) if o == "failed"]
         busy = [r for r, o in zip(pending, outcomes) if o == "busy"]
         if busy:
