@@ -80,9 +80,9 @@ def absolute_job(job: Job, cwd: Path) -> RunJob:
     return RunJob(str((cwd / job.config).resolve()), overrides, str(cwd.resolve()))
 
 
-def executor_for(cluster: str, cfg: LauncherConfig, folder: Path, name: str) -> submitit.Executor:
-    """A submitit executor (``cluster`` ``slurm`` or ``local``) with the launcher section's parameters."""
-    if cluster == "local":
+def submitit_executor(launcher: str, cfg: LauncherConfig, folder: Path, name: str = "w2s") -> submitit.Executor:
+    """A submitit executor for ``launcher`` (``submitit_slurm`` or ``submitit_local``) with the section's parameters."""
+    if launcher == "submitit_local":
         executor: submitit.Executor = submitit.LocalExecutor(folder)
         executor.update_parameters(timeout_min=cfg.timeout_min, tasks_per_node=cfg.nodes * cfg.tasks_per_node,
                                    gpus_per_node=cfg.gpus_per_node, signal_delay_s=cfg.signal_delay_s,
@@ -168,13 +168,13 @@ class SubmititLauncher:
             return {}
         if self.cfg.array_parallelism > 0 and self.cluster == "slurm":  # one array, logs under the sweep's launcher/
             folder = (cwd / jobs[0].run_dir).resolve().parent / "launcher" / "%A_%a"
-            executor = executor_for(self.cluster, self.cfg, folder, jobs[0].run_dir.parent.name)
+            executor = submitit_executor(self.name, self.cfg, folder, jobs[0].run_dir.parent.name)
             with executor.batch():
                 submitted = [executor.submit(absolute_job(j, cwd)) for j in jobs]
         else:
             submitted = []
             for j in jobs:
-                executor = executor_for(self.cluster, self.cfg, (cwd / j.run_dir).resolve() / "launcher", j.name)
+                executor = submitit_executor(self.name, self.cfg, (cwd / j.run_dir).resolve() / "launcher", j.name)
                 submitted.append(executor.submit(absolute_job(j, cwd)))
         for j, sj in zip(jobs, submitted):
             (j.run_dir / "launcher").mkdir(parents=True, exist_ok=True)
