@@ -58,6 +58,12 @@ def _guard(fn: Callable[[], T], again: str | None = None) -> T:
                    + (f"{again} to continue" if again else "rerun"))
         console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except ImportError as exc:  # an optional package a URL or launcher needs (s3fs for s3://, say)
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {str(exc).splitlines()[0]}; install it into this environment and rerun",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     except (EOFError, MemoryError) as exc:
         if _state["debug"]:
             raise
