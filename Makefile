@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/stage2_throughput.py --pair cifar
 	$(PY) bench/stage1_throughput.py --pair cifar
 	$(PY) bench/sweep_amortization.py --pair cifar
+	$(PY) bench/sweep_overhead.py
 
 # on a CUDA machine (no setup: DALI is not needed there); without CUDA it prints one line and exits 0
 gpu-check:

@@ -191,7 +191,9 @@ def tune_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
              space: List[str] = typer.Option(..., "--space", help="key=float:LOW:HIGH[:log], key=int:LOW:HIGH[:log] "
                                              "or key=categorical:v1,v2,... (repeatable)"),
              trials: int = typer.Option(..., "--trials", help="finished (complete or pruned) trials the study reaches"),
-             parallel: int = typer.Option(1, "--parallel", help="worker processes (1: trials run in this process)"),
+             parallel: int = typer.Option(1, "--parallel", help="workers (basic: processes here; 1: trials run in this process)"),
+             launcher: str = typer.Option("basic", "--launcher", help="basic | submitit_local | submitit_slurm: where the "
+                                          "workers run (settings: the config's launcher section)"),
              storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql://user@host/db "
                                                    "(default: the journal file <output>/study.journal)"),
              study: Optional[str] = typer.Option(None, "--study", help="study name (default: the output directory's name)"),
@@ -202,7 +204,7 @@ def tune_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
         from pipeline.experiments.tune import tune
 
         out = output or Path("runs") / f"tune-{config.stem}"
-        tune(config, space, trials, set_ or [], out, parallel, storage, study, pruner, console=console)
+        tune(config, space, trials, set_ or [], out, parallel, storage, study, pruner, console=console, launcher=launcher)
         typer.echo(f"tune finished: w2s report {out}")
     _guard(go, RERUN_HINT)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import pipeline.scenarios  # noqa: F401  (registers the built-in scenarios, as the CLI does)
 from pipeline.data.sources.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from tests.slurm_cluster import SlurmCluster, SlurmUnavailable, slurm_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +34,13 @@ def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_idx(d / f"{stem}-images-idx3-ubyte.gz", src.images[:n, :, :, 0])
         write_idx(d / f"{stem}-labels-idx1-ubyte.gz", src.labels[:n].astype(np.uint8))
     return d
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A one-node SLURM cluster run by the tests themselves (tests/slurm_cluster.py), or a skip saying why not."""
+    try:
+        with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+            yield cluster
+    except SlurmUnavailable as e:
+        pytest.skip(str(e))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from rich.console import Console
 from pipeline.config.schema import LauncherConfig, load_config
 from pipeline.engine.checkpoint import write_json
 from pipeline.engine.preemption import Preempted, arm, request_stop
-from pipeline.engine.runtime import RunBusy
+from pipeline.engine.runtime import RunBusy, RunError
 from pipeline.experiments.launchers import RUN_ERRORS, Job, Outcome, register_launcher
 
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
@@ -116,11 +117,28 @@ def job_of(record: dict[str, Any]) -> submitit.Job:
 
 
 def scheduler_state(record: dict[str, Any]) -> str:
-    """The job's state as its scheduler reports it (``UNKNOWN`` when it has forgotten the job)."""
+    """The job's state as its scheduler reports it (``UNKNOWN`` when it has forgotten the job).
+
+    SLURM is asked through ``squeue``, which every cluster answers for the jobs it still holds; submitit's
+    own state comes from ``sacct``, which needs the accounting database, and is only the fallback.
+    """
+    if record["launcher"] == "submitit_slurm":
+        try:
+            out = subprocess.run(["squeue", "-h", "--states=all", "-j", str(record["job_id"]), "-o", "%T"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.split()[0].upper()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     try:
         return str(job_of(record).state).split()[0].upper()
     except Exception:  # submitit raises whatever sacct/squeue produce when the scheduler is gone
         return "UNKNOWN"
+
+
+def has_result(sj: submitit.Job) -> bool:
+    """Whether rank 0 of the job wrote its result (or its error): the job has ended and ``results()`` returns."""
+    return submitit.core.utils.JobPaths(sj.paths.folder, sj.job_id, task_id=0).result_pickle.exists()
 
 
 def last_log_line(record: dict[str, Any]) -> str:
@@ -155,7 +173,7 @@ class SubmititLauncher:
                 running[i] = job_of(record)
         new = [i for i in range(len(jobs)) if i not in running]
         # the scheduler throttles a cluster's jobs; on this machine, ``parallel`` at a time
-        wave = len(new) if self.cluster == "slurm" else max(1, self.parallel)
+        wave = max(1, len(new) if self.cluster == "slurm" else self.parallel)
         outcomes: dict[int, Outcome] = {}
         for start in range(0, max(len(new), 1), wave):
             part = new[start:start + wave]
@@ -164,6 +182,15 @@ class SubmititLauncher:
         return [outcomes[i] for i in range(len(jobs))]
 
     def _submit(self, jobs: list[Job], index: list[int], cwd: Path, console: Console) -> dict[int, submitit.Job]:
+        """Submit ``jobs``; the scheduler's refusal (a partition or memory it cannot give) is one line."""
+        try:
+            return self._submit_all(jobs, index, cwd, console)
+        except submitit.core.utils.FailedJobError as exc:
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            raise RunError(f"{self.name}: the scheduler refused the jobs ({lines[-1] if lines else 'no message'}); "
+                           "change the config's launcher section (--set launcher.KEY=VALUE) and rerun") from None
+
+    def _submit_all(self, jobs: list[Job], index: list[int], cwd: Path, console: Console) -> dict[int, submitit.Job]:
         if not jobs:
             return {}
         if self.cfg.array_parallelism > 0 and self.cluster == "slurm":  # one array, logs under the sweep's launcher/
@@ -178,23 +205,34 @@ class SubmititLauncher:
                 submitted.append(executor.submit(absolute_job(j, cwd)))
         for j, sj in zip(jobs, submitted):
             (j.run_dir / "launcher").mkdir(parents=True, exist_ok=True)
-            write_json(j.run_dir / "launcher" / "job.json",
-                       {"launcher": self.name, "job_id": sj.job_id, "folder": str(sj.paths.folder),
-                        "submitted": time.time()})
+            write_json(j.run_dir / "launcher" / "job.json", self._record(sj))
         console.print(f"submitted {len(jobs)} jobs ({self.name}), first {submitted[0].job_id}")
         return dict(zip(index, submitted))
 
     def _wait(self, jobs: list[Job], running: dict[int, submitit.Job], console: Console) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
+        gone: dict[int, int] = {}  # polls in a row in which the scheduler no longer held a job without a result
         while len(outcomes) < len(running):  # ends when every job has ended (the scheduler ends each one)
             for i, sj in running.items():
-                if i not in outcomes and sj.done():
+                if i in outcomes:
+                    continue
+                if has_result(sj) or sj.done():
                     outcomes[i] = self._outcome(jobs[i], sj, console)
+                elif self.cluster == "slurm":  # killed without a result (scancel, node failure, out of memory)
+                    gone[i] = 0 if scheduler_state(self._record(sj)) in ACTIVE else gone.get(i, 0) + 1
+                    if gone[i] >= 3:
+                        outcomes[i] = self._outcome(jobs[i], sj, console, died=True)
             time.sleep(0 if len(outcomes) == len(running) else POLL_S)
         return outcomes
 
-    def _outcome(self, job: Job, sj: submitit.Job, console: Console) -> Outcome:
+    def _record(self, sj: submitit.Job) -> dict[str, Any]:
+        """What ``job.json`` records of a submitted job."""
+        return {"launcher": self.name, "job_id": sj.job_id, "folder": str(sj.paths.folder), "submitted": time.time()}
+
+    def _outcome(self, job: Job, sj: submitit.Job, console: Console, died: bool = False) -> Outcome:
         try:
+            if died:
+                raise RuntimeError(f"the job ended without a result; {last_log_line(self._record(sj))}")
             out = sj.results()[0]  # rank 0's (every task of a multi-task job returns)
         except Exception as exc:  # the job itself died: submitit re-raises its error or the scheduler's state
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

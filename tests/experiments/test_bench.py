@@ -103,3 +103,24 @@ def test_store_scale_bench_uses_the_stores_view_param_width():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.PARAM_DIM == PARAM_DIM
+
+
+@pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
+def test_sweep_overhead_bench_fmnist_pair() -> None:
+    res, table = bench("sweep_overhead.py", "--epochs", "1", "--samples", "256", "--test-limit", "64",
+                       "--repeats", "1", "--objectives", "kd", "--seeds", "0,1")
+    sweeps = {s["launcher"]: s for s in res["sweeps"]}
+    assert [s["launcher"] for s in res["sweeps"]] == ["basic", "submitit_local"] and res["runs"] == 2
+    for name, s in sweeps.items():
+        assert [r["name"] for r in s["runs"]] == ["name=kd__seed=0", "name=kd__seed=1"]
+        for r in s["runs"]:  # every run finished (result.json), its first step between submission and the end
+            assert r["epochs"] == 1 and 0 < r["training_s"]
+            assert 0 <= r["first_step_s"] <= s["seconds"]
+            assert 0 <= r["submitted_s"] + r["first_step_s"] <= r["finished_s"] <= s["seconds"] + 0.1
+        f = res["launchers"][name]
+        assert f["training_s"] == pytest.approx(sum(r["training_s"] for r in s["runs"]))
+        assert f["overhead_per_run_s"] == pytest.approx((s["seconds"] - f["training_s"]) / 2)
+        assert f["wall_over_training"] == pytest.approx(s["seconds"] / f["training_s"]) and f["wall_over_training"] > 1
+        assert f["first_step_max_s"] == max(r["first_step_s"] for r in s["runs"])
+    assert res["submitit_over_basic"] == pytest.approx(sweeps["submitit_local"]["seconds"] / sweeps["basic"]["seconds"])
+    assert "| `submitit_local` |" in table
