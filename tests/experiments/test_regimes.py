@@ -1,0 +1,70 @@
+"""The setting rule of docs/demo.md as code: the paper's pairs fall inside it, today's demo settings where they fall."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.experiments.regimes import (
+    Candidate,
+    ceiling_fits,
+    choose_teacher,
+    error_ratio,
+    fit_epochs,
+    paper_regime,
+    teacher_only_regime,
+    weaker_than_student,
+)
+
+# (weak, strong) accuracies of the paper's pairs, as docs/demo.md cites them
+PAPER_PAIRS = {
+    "resnet20->resnet56": (0.6906, 0.7234),
+    "vgg8->vgg13": (0.7036, 0.7464),
+    "shufflenet_v1->resnet32x4": (0.7050, 0.7942),
+    "resnet50->mae_vit_b": (0.804, 0.83664),
+    "upstream resnet20 ckpt->resnet56": (0.6893, 0.7234),
+    "upstream vgg8 ckpt->vgg13": (0.7199, 0.7464),
+}
+
+
+@pytest.mark.parametrize("pair", PAPER_PAIRS)
+def test_every_pair_of_the_paper_is_in_the_paper_regime(pair):
+    assert paper_regime(*PAPER_PAIRS[pair])
+
+
+def test_the_ratios_docs_demo_md_states():
+    assert [round(error_ratio(*PAPER_PAIRS[p]), 2) for p in list(PAPER_PAIRS)[:4]] == [1.12, 1.17, 1.43, 1.20]
+
+
+def test_todays_demo_is_teacher_only_and_not_the_paper_regime():
+    """The main demo's linear teacher (75.8 %) and CNN ceiling (89.4 %): r = 2.28."""
+    assert round(error_ratio(0.758, 0.894), 2) == 2.28
+    assert teacher_only_regime(0.758, 0.894, 10) and not paper_regime(0.758, 0.894)
+
+
+def test_near_chance_or_near_ceiling_teachers_are_not_teacher_only():
+    assert not teacher_only_regime(0.30, 0.894, 10)  # below chance + half the margin (49.7 %)
+    assert not teacher_only_regime(0.88, 0.894, 10)  # r = 1.13: not clearly weaker
+
+
+def test_weaker_than_student():
+    assert weaker_than_student(0.65, 0.72, 5) and not weaker_than_student(0.70, 0.64, 5)
+
+
+def test_ceiling_fit_and_epochs():
+    assert ceiling_fits(0.98) and not ceiling_fits(0.979)
+    assert fit_epochs({20: 0.95, 40: 0.985, 80: 0.999}) == 40
+    assert fit_epochs({20: 0.90, 40: 0.95, 80: 0.97}) == 80
+    assert fit_epochs({20: 0.99}) == 20
+
+
+def test_choose_teacher_prefers_the_ratio_nearest_the_middle_and_the_earlier_on_ties():
+    ceiling = 0.90  # err 0.10: in range for teacher accuracies 0.855-0.89
+    cands = [Candidate("a", 0.80), Candidate("b", 0.885), Candidate("c", 0.875), Candidate("d", 0.875)]
+    assert choose_teacher(cands, ceiling) == Candidate("c", 0.875)  # r = 1.25 exactly; d ties and is later
+    assert choose_teacher([Candidate("a", 0.5)], ceiling) is None
+
+
+def test_bad_accuracies_are_refused():
+    with pytest.raises(ValueError, match="not in"):
+        error_ratio(75.8, 0.9)
+    with pytest.raises(ValueError, match="no test errors"):
+        error_ratio(0.5, 1.0)
