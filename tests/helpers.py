@@ -102,8 +102,17 @@ def start(cmd: Sequence[str], *, capture: bool = False, **popen: Any) -> subproc
 # ------------------------------------------------------------------------- killing inside an epoch
 
 def mid_epoch(checkpoints: Path) -> Callable[[], bool]:
-    """Holds once a run has an epoch checkpoint and a step checkpoint after it: it is inside a later epoch."""
-    return lambda: (checkpoints / "state.pt").exists() and (checkpoints / "step.pt").exists()
+    """Holds once a run has an epoch checkpoint and a step checkpoint written after it: it is inside a later epoch.
+
+    (Right after an epoch checkpoint, the previous epoch's step checkpoint exists for an instant, until the
+    loop removes it as superseded: it is older than the epoch checkpoint, so it does not count.)"""
+    def ready() -> bool:
+        try:
+            return (checkpoints / "step.pt").stat().st_mtime_ns > (checkpoints / "state.pt").stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+
+    return ready
 
 
 def store_has_chunks(store: Path | str, n: int) -> Callable[[], bool]:

@@ -1,292 +1,55 @@
 """``w2s tune``: an Optuna study over a student's hyper-parameters on one store.
 
-Each ``--space key=spec`` is one searched config key; every trial is a normal student run in
-``DIR/trials/<number:04d>`` (config.yaml, metrics, result.json), trained on the given config with
-the trial's values as overrides. The score is the **last epoch's validation accuracy**
-(``val_acc``, from ``data.val_fraction``); the test split is never used to choose. Each epoch's
-``val_acc`` is reported to the pruner (``MedianPruner`` unless ``--pruner none``).
+Every trial is a normal student run in ``DIR/trials/<number:04d>`` (config.yaml, metrics,
+result.json), trained on the given config with the trial's values of the searched keys
+(``--space``, :mod:`pipeline.experiments.tune_space`) as overrides. The score is the **last epoch's
+validation accuracy** (``val_acc``, from ``data.val_fraction``); the test split is never used to
+choose. Each epoch's ``val_acc`` is reported to the pruner (``MedianPruner`` unless ``--pruner none``).
 
-The study lives in an Optuna storage: by default the journal file ``DIR/study.journal``
-(``JournalStorage`` over ``JournalFileBackend``, safe for processes on one machine or a shared file
-system), or any storage URL (``postgresql://...``). ``--parallel K`` runs K worker processes
-(``python -m pipeline.experiments.tune worker DIR``, logs in ``DIR/workers/<i>.log``), each
-``study.optimize`` on the shared storage until N trials are finished (complete or pruned); with
+``--parallel K`` runs K worker processes (``python -m pipeline.experiments.tune worker DIR``, logs in
+``DIR/workers/<i>.log``), each ``study.optimize`` on the shared storage
+(:mod:`pipeline.experiments.tune_storage`) until N trials are finished (complete or pruned); with
 ``--launcher submitit_local|submitit_slurm`` the K workers are submitit jobs instead (settings: the
 config's ``launcher`` section, logs in ``DIR/workers/submitit``).
 
-Rerunning the same command continues the study. Before any trial starts, a trial left RUNNING by a
-dead worker (neither its run directory nor its worker's lock, ``DIR/workers/<id>.lock``, is held
-by a live process), or one stopped by Ctrl-C, is marked FAIL and its parameters are queued again
-(``study.enqueue_trial``): an interrupted trial restarts, from scratch, with the same parameters.
-The study's settings are written to ``DIR/tune.json``; a rerun with another space, config or
-storage is refused, naming the difference.
+Rerunning the same command continues the study (with the settings it was started with). Before any
+trial starts, a trial left RUNNING by a dead worker (neither its run directory nor its worker's lock,
+``DIR/workers/<id>.lock``, is held by a live process), or one stopped by Ctrl-C, is marked FAIL and
+its parameters are queued again (``study.enqueue_trial``): an interrupted trial restarts, from
+scratch, with the same parameters.
 """
 from __future__ import annotations
 
 import fcntl
-import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from pipeline.config.schema import Config, ConfigError, load_config
-from pipeline.config.yaml_files import load_yaml, parse_override
+from pipeline.config.yaml_files import parse_override
 from pipeline.engine.checkpoint import write_json
-from pipeline.engine.run_dir import first_difference
 from pipeline.engine.runtime import RunError, RunLock, stderr_console
 from pipeline.experiments.launchers import RUN_ERRORS, worker_env
+from pipeline.experiments.tune_space import check_space, override, parse_space
+from pipeline.experiments.tune_storage import (JOURNAL_FILE, SETTINGS_FILE, STORAGE_ENV, Settings, check_same_settings,
+                                               open_study, redact)
 from store.lock import flock_held
 from store.soft_label_store import SoftLabelStore, StoreError
 
-SPACE_FORM = "key=float:LOW:HIGH[:log], key=int:LOW:HIGH[:log] or key=categorical:v1,v2,..."
-FIXED_KEYS = {"run.output": "tune sets each trial's run.output",
-              "data.val_fraction": "the validation split scores the trials, so it must be the same for all"}
 PRUNERS = ("median", "none")
 TUNE_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SETTINGS_FILE = "tune.json"
-JOURNAL_FILE = "study.journal"
-STORAGE_ENV = "W2S_TUNE_STORAGE"  # the full --storage URL for worker processes (tune.json keeps no password)
 POLL_S = 2.0
 STOP_WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched key: ``float``/``int`` between ``low`` and ``high`` (``log`` scale), or ``categorical``."""
-
-    key: str
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    @property
-    def spec(self) -> str:
-        """The canonical spec text (how ``tune.json`` records it)."""
-        if self.kind == "categorical":
-            return "categorical:" + ",".join(json.dumps(c) for c in self.choices)
-        return f"{self.kind}:{self.low!r}:{self.high!r}" + (":log" if self.log else "")
-
-    def samples(self) -> list[Any]:
-        """Values that check the key against the config: the bounds, or every choice."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(self.key, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(self.key, list(self.choices))
-
-
-def parse_param(item: str) -> Param:
-    """``"optim.lr=float:1e-3:1e-1:log"`` -> a :class:`Param`; a bad item is a one-line ConfigError naming it."""
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"--space {item!r}: {why}; expected {SPACE_FORM}")
-
-    key, sep, spec = item.partition("=")
-    key = key.strip()
-    if not sep or not key or not spec.strip():
-        raise bad("not of the form key=spec")
-    if key in FIXED_KEYS:
-        raise bad(f"{key} cannot be searched ({FIXED_KEYS[key]})")
-    kind, _, rest = spec.strip().partition(":")
-    if kind == "categorical":
-        try:
-            values = [load_yaml(v) for v in rest.split(",") if v.strip()]
-        except yaml.YAMLError:
-            raise bad(f"{rest!r} holds a value that is not YAML") from None
-        values = [v for i, v in enumerate(values) if v not in values[:i]]
-        if not values:
-            raise bad("no values")
-        odd = [v for v in values if v is not None and not isinstance(v, (str, int, float, bool))]
-        if odd:
-            raise bad(f"{odd[0]!r} is not a scalar")
-        return Param(key, kind, choices=tuple(values))
-    if kind not in ("float", "int"):
-        raise bad(f"unknown kind {kind!r}")
-    parts = rest.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-        raise bad(f"{kind} takes LOW:HIGH or LOW:HIGH:log")
-    try:
-        low, high = (float(p) if kind == "float" else int(p) for p in parts[:2])
-    except ValueError:
-        raise bad(f"LOW and HIGH must be {'numbers' if kind == 'float' else 'integers'}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise bad("LOW must be below HIGH (both finite)")
-    if len(parts) == 3 and low <= 0:
-        raise bad("a log range needs LOW > 0")
-    return Param(key, kind, low, high, len(parts) == 3)
-
-
-def parse_space(items: list[str]) -> list[Param]:
-    """Every ``--space`` item, each key once."""
-    if not items:
-        raise ConfigError(f"tune needs at least one --space {SPACE_FORM}")
-    space = [parse_param(i) for i in items]
-    keys = [p.key for p in space]
-    twice = [k for i, k in enumerate(keys) if k in keys[:i]]
-    if twice:
-        raise ConfigError(f"--space {twice[0]} is given twice; keep one")
-    return space
-
-
-def override(key: str, value: Any) -> str:
-    """``key=value`` for ``--set``/``load_config`` (JSON text is YAML, so strings stay strings)."""
-    return f"{key}={json.dumps(value)}"
-
-
-def check_space(config: str | Path, base_overrides: list[str], space: list[Param]) -> None:
-    """Load the config with each key's bounds or choices, so a key the config lacks or a value it refuses is
-    named before any trial starts."""
-    for p in space:
-        for value in p.samples():
-            try:
-                load_config(config, base_overrides + [override(p.key, value)])
-            except ConfigError as exc:
-                raise ConfigError(f"--space {p.key}={p.spec}: {str(exc).splitlines()[0]}") from None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What ``tune.json`` records: the study's definition (compared on a rerun) and its run options."""
-
-    config: str
-    overrides: tuple[str, ...]
-    space: tuple[Param, ...]
-    resolved: dict[str, Any]
-    study: str
-    storage: str | None  # without its password; None: the journal file DIR/study.journal
-    trials: int
-    pruner: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "set": list(self.overrides), "space": [f"{p.key}={p.spec}" for p in self.space],
-                "resolved": self.resolved, "study": self.study, "storage": self.storage, "trials": self.trials,
-                "pruner": self.pruner}
-
-    @classmethod
-    def read(cls, out: Path) -> "Settings":
-        path = out / SETTINGS_FILE
-        try:
-            data = json.loads(path.read_text())
-            return cls(data["config"], tuple(data["set"]),
-                       tuple(parse_param(item) for item in data["space"]), data["resolved"],
-                       data["study"], data["storage"], int(data["trials"]), data["pruner"])
-        except FileNotFoundError:
-            raise RunError(f"{out} is not a tune directory (no {SETTINGS_FILE}); start it with w2s tune") from None
-        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
-            raise RunError(f"{path}: not a tune settings file ({type(exc).__name__}: {exc}); "
-                           "rerun w2s tune with --output in a new directory") from None
-
-
-def _without(resolved: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """``resolved`` without the dotted ``keys`` (the searched keys: the base config's values do not matter)."""
-    out = json.loads(json.dumps(resolved))
-    for key in keys:
-        *parents, last = key.split(".")
-        node = out
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return out
-
-
-def _space_text(key: str, spec: str | None) -> str:
-    return f"--space {key}={spec}" if spec else f"no --space {key}"
-
-
-def check_same_settings(out: Path, new: Settings) -> None:
-    """Refuse to continue a study of ``out`` with another space, config, study name or storage."""
-    if not (out / SETTINGS_FILE).exists():
-        return
-    old = Settings.read(out)
-    fix = "rerun with the study's own settings, or choose another --output for a new study"
-    was, now = {p.key: p.spec for p in old.space}, {p.key: p.spec for p in new.space}
-    for key in [*now, *(k for k in was if k not in now)]:
-        if was.get(key) != now.get(key):
-            raise RunError(f"tune {out} was started with {_space_text(key, was.get(key))} but this command gives "
-                           f"{_space_text(key, now.get(key))}; {fix}")
-    for name, a, b in (("--study", old.study, new.study), ("--storage", old.storage, new.storage)):
-        if a != b:
-            raise RunError(f"tune {out} was started with {name} {a or '(the journal file)'} but this command gives "
-                           f"{b or '(the journal file)'}; {fix}")
-    keys = [p.key for p in new.space]
-    diff = first_difference(_without(old.resolved, keys), _without(new.resolved, keys))
-    if diff is not None:
-        key, a, b = diff
-        raise RunError(f"tune {out} was started with {key}={a!r} but this command gives {b!r}; {fix}")
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password (give it by PGPASSWORD or ~/.pgpass instead: tune.json keeps none)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
-    except ArgumentError:
-        raise ConfigError(f"--storage {url!r} is not a database URL (e.g. postgresql://user@host:5432/db); "
-                          "leave it out for the journal file") from None
-
-
-def with_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg
-    (3), so where only psycopg2 is installed the URL names it (``postgresql+psycopg2://``)."""
-    import importlib.util
-
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if (parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None
-            and importlib.util.find_spec("psycopg2") is not None):
-        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
-
-
-def open_study(out: Path, settings: Settings, storage_url: str | None, create: bool = False) -> optuna.Study:
-    """The study in its storage (the journal file unless ``storage_url``), created when ``create``."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune prints its own line per trial
-    if storage_url is None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        storage: Any = JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
-    else:
-        storage = with_driver(storage_url)
-    pruner = optuna.pruners.MedianPruner() if settings.pruner == "median" else optuna.pruners.NopPruner()
-    sampler = optuna.samplers.TPESampler(constant_liar=True)  # parallel workers spread over the space
-    try:
-        if create:
-            return optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
-                                       pruner=pruner, sampler=sampler, load_if_exists=True)
-        return optuna.load_study(study_name=settings.study, storage=storage, pruner=pruner, sampler=sampler)
-    except KeyError:
-        raise RunError(f"no study {settings.study!r} in {settings.storage or out / JOURNAL_FILE}; "
-                       "start it with w2s tune") from None
-    except ImportError as exc:
-        raise RunError(f"--storage {settings.storage}: {exc}; install the database driver "
-                       "(pip install psycopg2-binary for postgresql://)") from None
-    except Exception as exc:  # sqlalchemy's errors (server down, bad credentials) are not the project's own
-        if type(exc).__module__.startswith("sqlalchemy"):
-            raise RunError(f"--storage {settings.storage}: cannot open the database "
-                           f"({str(exc).splitlines()[0]})") from None
-        raise
 
 
 # -- workers --------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from pipeline.experiments.runs import LEAVE_OUT, ReportError, load_run
-from pipeline.experiments.tune import Settings, open_study, trial_dir
+from pipeline.experiments.tune import trial_dir
+from pipeline.experiments.tune_storage import Settings, open_study
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from pipeline.config.schema import ConfigError, load_config
 from pipeline.engine.runtime import RunLock
-from pipeline.experiments.tune import SPACE_FORM, parse_param, with_driver
+from pipeline.experiments.tune_space import SPACE_FORM, parse_param
+from pipeline.experiments.tune_storage import with_driver
 from store.lock import flock_held
 from tests.cli_run import invoke, ok, one_line_failure
 from tests.helpers import fmnist_config, kill, one_thread_env, start, trained_teacher, w2s, w2s_cmd
