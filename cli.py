@@ -112,6 +112,19 @@ def train_teacher(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
     _guard(go, RESUME_HINT)
 
 
+@app.command("pretrain")
+def pretrain_cmd(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
+                 resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+                 deterministic: bool = DeterministicOpt) -> None:
+    """Self-supervised pre-training (SimCLR) on the training images, labels unread: a prior for model.pretrained."""
+    def go() -> None:
+        from pipeline.pretrain import pretrain
+
+        extra = ["run.deterministic=true"] if deterministic else []
+        typer.echo(json.dumps(pretrain(_load(config, (set_ or []) + extra), resume=resume, console=console)))
+    _guard(go, RESUME_HINT)
+
+
 @app.command("sel-cl")
 def sel_cl(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
            resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
@@ -247,6 +260,17 @@ def inspect(store: str = typer.Argument(..., help="store: a directory or an fssp
                 raise typer.Exit(1)
             typer.echo("all chunks verified")
     _guard(go)
+
+
+@app.command("select-settings")
+def select_settings_cmd(output: Path = typer.Option(Path("runs/demo/selection"), "--output", help="where the selection's runs go"),
+                        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files")) -> None:
+    """Seed-0 teachers and ceilings only: the paper regime's teacher and epochs by the rule of docs/demo.md."""
+    def go() -> None:
+        from pipeline.experiments.settings_selection import select_settings
+
+        select_settings(output, str(data_dir) if data_dir else None, console=console)
+    _guard(go, RERUN_HINT)
 
 
 @app.command("demo")

@@ -68,3 +68,32 @@ def test_bad_accuracies_are_refused():
         error_ratio(75.8, 0.9)
     with pytest.raises(ValueError, match="no test errors"):
         error_ratio(0.5, 1.0)
+
+
+def test_select_settings_trains_only_teachers_and_ceilings_and_applies_the_rule(tmp_path, monkeypatch):
+    """``w2s select-settings`` with ``train`` replaced by runs of known accuracy: the ladder stops at the
+    first ceiling that fits, the chosen teacher is the one the rule names, and no student is trained."""
+    import json
+
+    from pipeline.experiments import settings_selection as sel
+
+    accs = {"ceiling_e20": (0.90, 0.95), "ceiling_e40": (0.90, 0.985),  # (test, train): e40 fits
+            "teacher_fmnist_mlp_e10": (0.876, None), "teacher_fmnist_cnn_w4_e30": (0.88, None)}
+    roles = []
+
+    def fake_train(cfg, role, resume, console):
+        roles.append(role)
+        d = __import__("pathlib").Path(cfg.run.output)
+        d.mkdir(parents=True)
+        test, train_acc = accs.get(d.name, (0.70, None))
+        (d / "result.json").write_text(json.dumps({"test_acc": test, "role": role}))
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "test_acc": test, "train_acc": train_acc or 0.9}) + "\n")
+        (d / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict()))
+
+    monkeypatch.setattr(sel, "train", fake_train)
+    record = sel.select_settings(tmp_path)
+    assert set(roles) == {"teacher"} and len(roles) == 2 + 16  # two rungs of the ladder, 16 candidates
+    assert record["epochs"] == 40 and record["ceiling_fits"]
+    # err 0.124 / 0.10 = 1.24 beats err 0.12 / 0.10 = 1.20 (nearer 1.25); the 0.70 teachers are out of range
+    assert record["chosen_teacher"] == "fmnist_mlp_e10"
+    assert "**chosen**" in (tmp_path / "selection.md").read_text()
