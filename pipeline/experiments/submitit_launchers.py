@@ -194,7 +194,7 @@ class SubmititLauncher:
         if not jobs:
             return {}
         if self.cfg.array_parallelism > 0 and self.cluster == "slurm":  # one array, logs under the sweep's launcher/
-            folder = (cwd / jobs[0].run_dir).resolve().parent / "launcher" / "%A_%a"
+            folder = (cwd / jobs[0].run_dir).resolve().parent / "launcher" / "%j"  # %j: <array id>_<index>
             executor = submitit_executor(self.name, self.cfg, folder, jobs[0].run_dir.parent.name)
             with executor.batch():
                 submitted = [executor.submit(absolute_job(j, cwd)) for j in jobs]

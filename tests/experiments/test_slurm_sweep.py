@@ -108,3 +108,15 @@ def test_a_job_the_scheduler_refuses_is_one_line(config, env, tmp_path):
     line = " ".join(res.stderr.split())
     assert "submitit_slurm: the scheduler refused the jobs (sbatch: error: Batch job submission failed" in line, line
     assert "change the config's launcher section" in line
+
+
+def test_a_job_array_with_a_parallelism_limit(config, env, tmp_path, slurm):
+    out = tmp_path / "sw"
+    res = w2s("sweep", str(config), "--grid", "objective.name=kd,adaptconf", "--seeds", "0", "--set", "optim.epochs=1",
+              "--output", str(out), *JOB, "--set", "launcher.array_parallelism=1", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = [json.loads((out / n / "launcher" / "job.json").read_text()) for n in (KD, "name=adaptconf__seed=0")]
+    array = {r["job_id"].split("_")[0] for r in records}
+    assert len(array) == 1 and [r["job_id"].split("_")[1] for r in records] == ["0", "1"]  # one array, two tasks
+    assert all(Path(r["folder"]).parent == out / "launcher" for r in records)  # logs under the sweep's launcher/
+    assert all((out / n / "result.json").exists() for n in (KD, "name=adaptconf__seed=0"))
