@@ -134,11 +134,21 @@ class Trainer(Task):
                                 erasing=random_erasing(cfg.augment.random_erasing, self.device),
                                 erase_before_mix=cfg.augment.erase_before_mix, teacher=self.teacher,
                                 target_hooks=target_hooks(cfg, self))  # e.g. Sel-CL+ label correction
-        self.test_teacher_pred = None
+        self.test_teacher_pred = self.val_teacher_pred = None
         if self.teacher and self.teacher.model is not None:  # for agreement and the teacher's own accuracy
-            rep = fixed_view_replayer(self.test_src, teacher_spec(self.test_src, self.teacher.meta or {}),
-                                      cfg.optim.eval_batch_size, self.policy, cfg.run.device, cfg.run.num_threads)
-            self.test_teacher_pred = predictions(self.teacher.model, self.test_src, rep, self.policy)
+            self.test_teacher_pred = self._teacher_predictions(self.test_src)
+        if cfg.teacher.label_val:  # the weak-supervision stopping rule: no ground truth picks the epoch
+            if self.val_src is None or self.test_teacher_pred is None:
+                raise RunError("teacher.label_val scores a held-out part of the training images against the "
+                               "teacher's predictions; set data.val_fraction > 0 and teacher.checkpoint")
+            self.val_teacher_pred = self._teacher_predictions(self.val_src)
+
+    def _teacher_predictions(self, src: Source) -> np.ndarray:
+        """The teacher's argmax on the fixed view of every sample of ``src``."""
+        assert self.teacher is not None and self.teacher.model is not None
+        rep = fixed_view_replayer(src, teacher_spec(src, self.teacher.meta or {}), self.cfg.optim.eval_batch_size,
+                                  self.policy, self.cfg.run.device, self.cfg.run.num_threads)
+        return predictions(self.teacher.model, src, rep, self.policy)
 
     def modules(self) -> list[nn.Module]:
         return [self.model]
@@ -153,7 +163,7 @@ class Trainer(Task):
     # -- an epoch ----------------------------------------------------------------------------
     def epoch(self, epoch: int, start_step: int) -> Epoch:
         self.scheduler.step(epoch)  # a schedule stepped per epoch sets this epoch's lr; per update: no-op
-        self.model.train()
+        self.model.train(not self.cfg.model.freeze_backbone)  # a linear probe's features stay fixed: eval mode
         return self.data.epoch(epoch, start_step)
 
     def train_step(self, b: Batch, epoch: int, step: int) -> StepOut:
@@ -182,8 +192,9 @@ class Trainer(Task):
     def evaluate(self) -> dict[str, Any]:
         """Accuracy on the test split's fixed view (and the validation split's, when held out)."""
         row = {}
-        if self.val_src is not None:
-            row["val_acc"] = self._accuracy(self.val_src, None)[0]
+        if self.val_src is not None:  # against the teacher's predictions with teacher.label_val
+            acc, agreement = self._accuracy(self.val_src, self.val_teacher_pred)
+            row["val_acc"] = acc if agreement is None else agreement
         row["test_acc"], agreement = self._accuracy(self.test_src, self.test_teacher_pred)
         if agreement is not None:
             row["test_agreement"] = agreement
@@ -226,6 +237,7 @@ class Trainer(Task):
         }
         if self.val_src is not None:  # the selected epochs are added by the run loop (run_loop.epoch_selection)
             result["val_samples"] = len(self.val_src)
+            result["val_labels"] = "teacher" if self.cfg.teacher.label_val else "ground_truth"
         if self.dist.is_main:
             m, spec = self.cfg.model, self.student_spec
             save_model(self.model, self.output, {

@@ -17,7 +17,7 @@ LAYERS = {
     "pipeline.scenario": 3,
     "pipeline.config": 4,
     "pipeline.student": 5,
-    "pipeline.infer_teacher": 6, "pipeline.train_student": 6,
+    "pipeline.infer_teacher": 6, "pipeline.train_student": 6, "pipeline.pretrain": 6,
     "pipeline.scenarios.few_shot": 7, "pipeline.scenarios.sel_cl": 7,
     "pipeline.scenarios": 8,
     "pipeline.experiments": 9,

@@ -19,7 +19,7 @@ from pipeline.scenario import scenarios
 def schemas() -> dict[str, tuple[type, str]]:
     """Title -> (schema, the docs page with its keys' meanings): the core's, then each scenario's own."""
     out: dict[str, tuple[type, str]] = {
-        "pipeline (w2s train-teacher, train-student, infer-teacher, sweep)": (Config, "configuration.md")}
+        "pipeline (w2s train-teacher, train-student, infer-teacher, pretrain, sweep)": (Config, "configuration.md")}
     for sc in scenarios():
         out.update(sc.schemas)
     return out

@@ -33,6 +33,7 @@ READ_ORDERS = ("global", "chunked")
 READ_BUFFERS = ("double", "bounded")
 AMP_CHOICES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "multistep")
+PRETRAIN_METHODS = ("simclr",)
 
 
 @dataclass
@@ -132,6 +133,9 @@ class ModelConfig:
     ``bn_batch`` (0 = off: BN over each process's whole batch): training-mode BatchNorm statistics over
     consecutive chunks of this many images of each process's batch, i.e. ``nn.DataParallel``'s per-GPU
     BN on one device (``pipeline.models.ghost_bn``; the paper's few-shot classifier stage: 32).
+    ``freeze_backbone`` trains the classifier alone on a fixed backbone (OpenAI's linear probe of a
+    ``model.pretrained`` prior): every other weight is frozen and left out of the optimizer, and the
+    model runs in eval mode (BatchNorm keeps the prior's statistics, no dropout).
     """
 
     name: str = "fmnist_cnn"
@@ -139,6 +143,7 @@ class ModelConfig:
     pretrained: str | None = None
     pretrained_kind: str = "auto"
     pretrained_reset_head: bool = False
+    freeze_backbone: bool = False
     mean: list[float] | None = setting(None, check=within(0, 1))
     std: list[float] | None = setting(None, check=above(0))
     input_size: int | None = setting(None, check=at_least(1))
@@ -156,6 +161,9 @@ class TeacherConfig:
     ``read_order`` / ``read_buffer``: how stage 2 reads a rank's shard of the store (``store/shard_reader.py``).
     ``input``: the normalization and size the teacher is fed: ``own`` (its model.json / timm ``pretrained_cfg``)
     or ``student`` (the student's, as the paper's train.py feeds one batch to both models).
+    ``label_val`` scores the validation split (``data.val_fraction``) against this teacher's predictions
+    instead of its ground truth: the weak-supervision stopping rule, which picks an epoch without any
+    ground truth (needs ``checkpoint``).
     """
 
     checkpoint: str | None = None
@@ -170,6 +178,7 @@ class TeacherConfig:
     read_order: str = setting("global", choices=READ_ORDERS)
     read_buffer: str = setting("double", choices=READ_BUFFERS)
     input: str = setting("own", choices=TEACHER_INPUTS)
+    label_val: bool = False
 
 
 def _objective_fields() -> list[tuple[str, Any, Any]]:
@@ -254,6 +263,22 @@ class RunConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``w2s pretrain``: self-supervised pre-training of ``model.name`` on the training images, labels unread.
+
+    ``method``: ``simclr`` (Chen et al. 2020). ``temperature`` of the NT-Xent loss (0.5: SimCLR's
+    CIFAR-10 command in google-research/simclr's README; its ImageNet default is 0.1);
+    ``proj_dim``: output of the 2-layer MLP projection head (SimCLR's 128); ``knn_k``: neighbours
+    of the weighted kNN monitor on the backbone's features (DINO's k=20).
+    """
+
+    method: str = setting("simclr", choices=PRETRAIN_METHODS)
+    temperature: float = setting(0.5, check=above(0))
+    proj_dim: int = setting(128, check=at_least(1))
+    knn_k: int = setting(20, check=at_least(1))
+
+
+@dataclass
 class LauncherConfig:
     """Where a sweep's or tune's jobs run under the submitit launchers (``--launcher submitit_slurm|submitit_local``).
 
@@ -296,6 +321,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # the sections scenarios add (pipeline/scenario.py), read as attributes: cfg.noisy, cfg.sel_cl
     sections: dict[str, Any] = field(default_factory=dict, metadata={"sections": True})

@@ -34,7 +34,7 @@ from torch import nn
 
 from pipeline.engine.checkpoint import CheckpointError
 
-from pipeline.models.files import load_state_strict
+from pipeline.models.files import MODEL_FILE, load_state_strict
 
 __all__ = ["LoadReport", "detect_kind", "load_pretrained", "read_checkpoint"]
 
@@ -85,8 +85,13 @@ def _load_pickle(path: Path) -> Any:
 
 
 def _read_raw(path: str | Path) -> Any:
-    """The deserialized file content: a dict of tensors (safetensors) or whatever the pickle holds."""
+    """The deserialized file content: a dict of tensors (safetensors) or whatever the pickle holds.
+
+    A directory stands for the ``model.safetensors`` in it (a run directory of this project).
+    """
     p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
     if not p.is_file():
         raise CheckpointError(f"pretrained checkpoint {p} not found")
     suffix = p.suffix.lower()

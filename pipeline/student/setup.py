@@ -1,7 +1,8 @@
 """What a supervised or student run builds from its config before the first step: model and optimizer.
 
-:func:`build_model` creates the timm-registered model (optionally from pretrained weights), places
-it for the run's precision and memory format and wraps what trains in DDP / ``torch.compile``;
+:func:`build_model` creates the timm-registered model (optionally from pretrained weights, with only
+its classifier trainable under ``model.freeze_backbone``), places it for the run's precision and
+memory format and wraps what trains in DDP / ``torch.compile``;
 :func:`build_optimizer` sizes the batches for the process count and makes timm's optimizer and
 scheduler (the linear scaling rule applies when ``optim.batch_per_process`` changes the global
 batch).
@@ -49,6 +50,8 @@ def build_model(m: ModelConfig, run: RunConfig, num_classes: int, channels: int,
             console.print(f"loaded {m.pretrained} ({report.kind}): {len(report.missing)} kept as initialized, "
                           f"{len(report.unexpected)} dropped, {len(report.reset)} re-initialized, "
                           f"{len(report.resized)} resampled")
+    if m.freeze_backbone:
+        freeze_backbone(model, m.name)
     if run.amp == "fp16" and device.type != "cuda":
         raise RunError("run.amp=fp16 needs a CUDA device; use bf16 on CPU")
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
@@ -59,6 +62,22 @@ def build_model(m: ModelConfig, run: RunConfig, num_classes: int, channels: int,
     if run.compile:
         net = torch.compile(net, backend=run.compile_backend)  # type: ignore[assignment]
     return Placed(model, net, memory_format, torch.amp.GradScaler("cuda", enabled=run.amp == "fp16"))
+
+
+def freeze_backbone(model: nn.Module, name: str) -> None:
+    """Leave only the classifier trainable (``model.freeze_backbone``); timm's optimizer then takes only its weights.
+
+    The classifier is what ``get_classifier()`` / ``pretrained_cfg`` name (:func:`classifier_prefixes`).
+    """
+    from pipeline.models.pretrained import classifier_prefixes
+
+    prefixes = classifier_prefixes(model)
+    head = [n for n, _ in model.named_parameters() if any(n == p or n.startswith(p + ".") for p in prefixes)]
+    if not head:
+        raise RunError(f"model.freeze_backbone: {name} names no classifier with weights (get_classifier); "
+                       "unset model.freeze_backbone")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in head)
 
 
 @dataclass

@@ -29,10 +29,10 @@ from pipeline.engine.checkpoint import CheckpointError, atomic_write
 
 from pipeline.models.files import load_state_strict, save_model
 from pipeline.config.schema import Config
+from pipeline.data.batch_augment import ContrastiveAugment, plain_view, step_rng
 from pipeline.data.loader import epoch_order
 from pipeline.engine.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.engine.runtime import RunError, setup, stderr_console
-from pipeline.scenarios.sel_cl.augment import ComplexAugment, plain_view, step_rng
 from pipeline.scenarios.sel_cl.losses import sel_cl_backward
 from pipeline.scenarios.sel_cl.queue import KeyMemory, SupQueue, momentum_update
 from pipeline.scenarios.sel_cl.selection import PairSelection, select_examples, select_pairs, selection_precision_recall
@@ -46,7 +46,7 @@ METRIC_KEYS = ("epoch", "lr", "loss", "uns", "sup_con", "ce", "sim", "selected",
                "epoch_s", "select_s")
 EPOCH_LINE = (("loss", "loss {:.4f}"), ("selection_precision", "precision {:.4f}"),
               ("selection_recall", "recall {:.4f}"), ("test_acc", "test {:.4f}"), ("images_per_s", "{:.0f} img/s"))
-VIEWS, MIXING, CLASSIFY = 0, 1, 2  # random streams of a step (pipeline.scenarios.sel_cl.augment.step_rng)
+VIEWS, MIXING, CLASSIFY = 0, 1, 2  # random streams of a step (pipeline.data.batch_augment.step_rng)
 NO_NOISE = "Sel-CL selects clean examples among noisy labels; set data.noise_mode and data.noise_rate"
 
 
@@ -144,7 +144,7 @@ class SelCLTrainer(Task):
         self.steps_per_epoch = n // self.batch
         spec = input_spec(self.train_src, cfg.model.mean, cfg.model.std, cfg.model.input_size)
         self.spec = spec
-        self.augment = ComplexAugment(spec.size, spec.mean, spec.std, scale=(s.crop_scale, 1.0))
+        self.augment = ContrastiveAugment(spec.size, spec.mean, spec.std, scale=(s.crop_scale, 1.0))
         c = self.train_src.num_classes
         backbone = build_model(cfg.model, cfg.run, c, self.train_src.channels, self.device, self.dist, self.console)
         self.net = SelCLNet(backbone.model, s.low_dim).to(self.device)

@@ -1,14 +1,16 @@
-"""Sel-CL's "complex" augmentation, torch-side on batches of in-memory uint8 images.
+"""Batched, seeded image augmentations on in-memory uint8 images, torch-side: the contrastive methods' views.
 
-Upstream (ggjy/vision_weak_to_strong noisy_labels_learning/CIFAR/train_Sel-CL.py ``--DA complex``)
-runs torchvision per image: ``RandomResizedCrop`` -> ``RandomHorizontalFlip(0.5)`` ->
-``RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)`` -> ``RandomGrayscale(0.2)`` -> normalize,
-twice per image (``TwoCropTransform``). Here every random parameter of a batch is drawn from one
+SimCLR's augmentation (Chen et al. 2020, appendix A; google-research/simclr ``data_util.py``
+``preprocess_for_train``), which Sel-CL's ``--DA complex`` reuses (ggjy/vision_weak_to_strong
+noisy_labels_learning/CIFAR/train_Sel-CL.py, torchvision per image): ``RandomResizedCrop`` ->
+``RandomHorizontalFlip(0.5)`` -> ``RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)`` ->
+``RandomGrayscale(0.2)`` -> normalize. Here every random parameter of a batch is drawn from one
 numpy ``Generator`` (seeded by ``[run seed, epoch, step, stream]``, :func:`step_rng`), so a resumed
 run repeats the same crops; crop, resize and flip are one ``grid_sample`` call. What differs from
 torchvision: float arithmetic throughout (PIL rounds to uint8 after each operation) and no
 antialiasing when a crop is shrunk (never the case for crops of an image of the output size).
-Grey (1-channel) images get brightness and contrast only, and no grayscale step.
+Grey (1-channel) images get brightness and contrast only, and no grayscale step. Users: ``w2s
+pretrain`` (``pipeline.pretrain``) and the Sel-CL scenario.
 """
 from __future__ import annotations
 
@@ -159,8 +161,11 @@ def color_jitter(x: Tensor, factors: np.ndarray, order: np.ndarray, apply: np.nd
 
 
 @dataclass(frozen=True)
-class ComplexAugment:
-    """Upstream's ``complex`` training transform for a batch; :meth:`__call__` gives normalized ``[n, C, h, w]``."""
+class ContrastiveAugment:
+    """SimCLR's training transform (Sel-CL's ``complex``) of a batch: :meth:`__call__` gives normalized ``[n, C, h, w]``.
+
+    The defaults are SimCLR's colour distortion of strength 0.5 (its CIFAR-10 setting) after a crop of scale (0.08, 1).
+    """
 
     size: tuple[int, int]
     mean: tuple[float, ...]
