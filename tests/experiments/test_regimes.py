@@ -97,3 +97,22 @@ def test_select_settings_trains_only_teachers_and_ceilings_and_applies_the_rule(
     # err 0.124 / 0.10 = 1.24 beats err 0.12 / 0.10 = 1.20 (nearer 1.25); the 0.70 teachers are out of range
     assert record["chosen_teacher"] == "fmnist_mlp_e10"
     assert "**chosen**" in (tmp_path / "selection.md").read_text()
+
+
+def test_the_shipped_selection_satisfies_the_rule():
+    """docs/results/paper_regime_selection.json (``w2s select-settings``): its choice is the one the rule makes."""
+    import json
+    from pathlib import Path
+
+    from pipeline.experiments.regimes import EPOCH_LADDER
+
+    record = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" /
+                         "paper_regime_selection.json").read_text())
+    ceilings = {int(e): v for e, v in record["ceilings"].items()}
+    assert record["epochs"] == fit_epochs({e: v["train_acc"] for e, v in ceilings.items()})
+    assert record["ceiling_fits"] == ceiling_fits(ceilings[record["epochs"]]["train_acc"])
+    assert list(ceilings) == list(EPOCH_LADDER[:len(ceilings)])  # the ladder, in order, up to the first fit
+    ceiling = ceilings[record["epochs"]]["test_acc"]
+    chosen = choose_teacher([Candidate(n, v["test_acc"]) for n, v in record["teachers"].items()], ceiling)
+    assert chosen is not None and chosen.name == record["chosen_teacher"] == "fmnist_cnn_w8_e30"
+    assert paper_regime(chosen.test_acc, ceiling)
