@@ -116,3 +116,26 @@ def test_the_shipped_selection_satisfies_the_rule():
     chosen = choose_teacher([Candidate(n, v["test_acc"]) for n, v in record["teachers"].items()], ceiling)
     assert chosen is not None and chosen.name == record["chosen_teacher"] == "fmnist_cnn_w8_e30"
     assert paper_regime(chosen.test_acc, ceiling)
+
+
+def test_the_paper_regime_configs_are_the_selection():
+    """configs/fmnist/paper/ holds what the shipped selection chose: teacher, images and epochs."""
+    import json
+    from pathlib import Path
+
+    from pipeline.config.schema import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    record = json.loads((root / "docs" / "results" / "paper_regime_selection.json").read_text())
+    paper = root / "configs" / "fmnist" / "paper"
+    teacher = load_config(paper / "teacher_cnn_w8.yaml", [])
+    chosen = dict(o.split("=", 1) for o in record["chosen_overrides"])
+    assert (teacher.model.name, teacher.model.kwargs, teacher.optim.epochs) == (
+        chosen["model.name"], {"width": 8}, int(chosen["optim.epochs"]))
+    assert (teacher.data.subset, teacher.data.limit) == ("half_a", record["train_images"])
+    for name in ("ceiling_cnn", "student_kd", "student_augconf", "student_adaptconf"):
+        cfg = load_config(paper / f"{name}.yaml", [])
+        assert (cfg.data.subset, cfg.data.limit, cfg.optim.epochs) == ("half_b", record["train_images"], record["epochs"])
+        assert cfg.data.val_fraction == 0.1 and cfg.teacher.label_val == name.startswith("student")
+        if name.startswith("student"):
+            assert cfg.objective.gt_weight == 1.0 and cfg.teacher.checkpoint == teacher.run.output
