@@ -44,7 +44,7 @@ from pipeline.data.batch_augment import ContrastiveAugment, step_rng
 from pipeline.data.loader import epoch_order
 from pipeline.data.sources.base import Source
 from pipeline.data.sources.registry import load_run_splits
-from pipeline.engine.checkpoint import CheckpointError
+from pipeline.engine.checkpoint import CheckpointError, load_training_state, training_state
 from pipeline.engine.resource_checks import check_batch
 from pipeline.engine.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.engine.runtime import RunError, setup, stderr_console
@@ -220,8 +220,7 @@ class SimCLRTask(Task):
     # -- state and files ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.net.backbone.state_dict(), "projection": self.net.projection.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+                **training_state(self.optimizer, self.scheduler, self.scaler)}
 
     def load_state_dict(self, state: dict[str, Any], origin: Path) -> None:
         try:
@@ -229,10 +228,7 @@ class SimCLRTask(Task):
             load_state_strict(self.net.projection, state["projection"], str(origin))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        load_training_state(state, self.optimizer, self.scheduler, self.scaler)
 
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Write the prior (backbone + zero classifier) and return the result: the last epoch's kNN accuracy."""

@@ -25,7 +25,7 @@ from pipeline.data.loader import Batch, ViewReplayer
 from pipeline.data.sources.base import Source
 from pipeline.data.sources.registry import Splits, load_run_splits
 from pipeline.data.views import InputSpec, ViewPolicy
-from pipeline.engine.checkpoint import CheckpointError
+from pipeline.engine.checkpoint import CheckpointError, load_training_state, training_state
 from pipeline.engine.resource_checks import check_batch
 from pipeline.engine.run_loop import Epoch, RunLoop, StepOut, Task
 from pipeline.engine.runtime import RunError, setup, stderr_console
@@ -206,19 +206,15 @@ class Trainer(Task):
 
     # -- state and files ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        return {"model": unwrap(self.model).state_dict(),
+                **training_state(self.optimizer, self.scheduler, self.scaler)}
 
     def load_state_dict(self, state: dict[str, Any], origin: Path) -> None:
         try:
             load_state_strict(self.model, state["model"], str(origin))
         except CheckpointError as exc:
             raise RunError(f"cannot resume: {exc}") from exc
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        load_training_state(state, self.optimizer, self.scheduler, self.scaler)
 
     def close(self) -> None:
         if hasattr(self, "data"):  # prepare() may have stopped before the data existed

@@ -71,6 +71,20 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=2, sort_keys=True)))
 
 
+def training_state(optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """What a checkpoint holds besides the weights: optimizer, schedule, gradient scaler and torch's RNG."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state()}
+
+
+def load_training_state(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: Any) -> None:
+    """Restore what :func:`training_state` saved, so a resumed run continues its exact trajectory."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda p: torch.save(state, p))
 
