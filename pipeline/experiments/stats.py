@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -57,3 +57,21 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     return PairedDifference(n, mean, mean - half, mean + half, p)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values over one family of comparisons, in the input order.
+
+    Step-down: the i-th smallest of ``m`` p-values is multiplied by ``m - i`` (i from 0), the
+    running maximum keeps the adjusted values monotone, and each is capped at 1. Rejecting where
+    the adjusted value is below alpha controls the family-wise error at alpha. NaN (no test) stays
+    NaN and does not count in ``m``.
+    """
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(tested)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

@@ -32,21 +32,53 @@ def test_quick_demo_over_two_seeds_reports_spread_and_pairs(fmnist_dir, tmp_path
     assert bad.exit_code == 2 and "--seeds must be comma-separated integers" in bad.output
 
 
-def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_path):
-    """The full demo's table on written results: 3 seeds, PGR per seed, paired rows with hand-checked values."""
-    from pipeline.experiments.demo import WITH_GT, demo_table
-
-    acc = {"weak_teacher": [0.75, 0.76, 0.74], "strong_ceiling": [0.89, 0.90, 0.88],
-           "student_kd": [0.76, 0.77, 0.75], "student_augconf": [0.76, 0.76, 0.76],
-           "student_adaptconf": [0.77, 0.78, 0.76], "student_gt_adaptconf": [0.90, 0.90, 0.89]}
+def _write_results(root, acc, extra=None):
     for name, values in acc.items():
         for seed, a in enumerate(values):
-            d = tmp_path / f"seed{seed}" / name
+            d = root / f"seed{seed}" / name
             d.mkdir(parents=True)
-            (d / "result.json").write_text(json.dumps({"test_acc": a, "test_agreement": 0.8}))
-    table = demo_table([tmp_path / f"seed{s}" for s in range(3)], WEAK_ONLY + WITH_GT)
+            (d / "result.json").write_text(json.dumps({"test_acc": a, "test_agreement": 0.8, **(extra or {})}))
+
+
+def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_path):
+    """The teacher-only table on written results: 3 seeds, PGR per seed, paired rows with hand-checked values,
+    Bonferroni intervals and Holm-adjusted p-values over the table's 4 comparisons."""
+    from pipeline.experiments.demo import TEACHER_ONLY, demo_table
+
+    _write_results(tmp_path, {"weak_teacher": [0.75, 0.76, 0.74], "strong_ceiling": [0.89, 0.90, 0.88],
+                              "student_kd": [0.76, 0.77, 0.75], "student_augconf": [0.76, 0.76, 0.76],
+                              "student_adaptconf": [0.77, 0.78, 0.76], "student_gt_adaptconf": [0.90, 0.90, 0.89]})
+    table = demo_table([tmp_path / f"seed{s}" for s in range(3)], TEACHER_ONLY)
     # PGR per seed of KD: (0.76-0.75)/(0.89-0.75), (0.77-0.76)/(0.90-0.76), (0.75-0.74)/(0.88-0.74) = 1/14 each
     assert "| KD student | 3 | 76.00 ± 1.00 | 0.071 ± 0.000 | 80.00 |" in table
-    # gt + AdaptConf - ceiling: +1, 0, +1 points: mean +0.67, s = 0.577, CI half-width 4.303 * 0.577 / sqrt 3 = 1.43
+    assert "error ratio r = err_teacher / err_ceiling: seed 0 2.27, seed 1 2.40, seed 2 2.17" in table
+    assert "98.75% CI (Bonferroni, 4 comparisons)" in table
+    # gt + AdaptConf - ceiling: +1, 0, +1 points: mean +0.67, s = 0.577, t(0.99375, 2) = 8.860 -> half-width 2.95;
+    # paired t p = 0.184. Holm over the four p-values (about 0, 0.225, 1 and 0.184): 0.184 is the second smallest,
+    # x 3 = 0.551, above the running maximum of the first
     assert "| ground truth + AdaptConf student - strong ceiling (`fmnist_cnn`, half B, ground truth) | 3 | +0.67 | " \
-           "[-0.77, +2.10] |" in table
+           "[-2.29, +3.62] | 0.184 | 0.551 | not significant |" in table
+
+
+def test_paper_regime_table_reports_the_stopping_rule_and_every_pair_against_the_ceiling(tmp_path):
+    from pipeline.experiments.demo import PAPER, demo_table
+
+    _write_results(tmp_path, {"weak_teacher": [0.845, 0.85], "strong_ceiling": [0.878, 0.88]})
+    _write_results(tmp_path, {"student_gt_kd": [0.871, 0.873], "student_gt_augconf": [0.875, 0.874],
+                              "student_gt_adaptconf": [0.878, 0.879]},
+                   extra={"best_epoch": 49, "test_acc_at_best": 0.86})
+    table = demo_table([tmp_path / f"seed{s}" for s in range(2)], PAPER)
+    assert "| ground truth + KD student | 2 | 87.20 ± 0.14 | " in table
+    assert table.splitlines()[0].endswith("stopping rule: epochs, test acc (%) |")
+    assert "| ground truth + AdaptConf student | 2 |" in table and "| 50/50, 86.00 ± 0.00 |" in table
+    assert "(Bonferroni, 6 comparisons)" in table
+    for student in ("KD", "AugConf", "AdaptConf"):
+        assert f"| ground truth + {student} student - ceiling (`fmnist_cnn`, 5,000 of half B" in table
+    assert "| ground truth + AdaptConf student - ground truth + KD student | 2 | +0.65 |" in table
+
+
+def test_demo_refuses_an_unknown_regime_and_quick_outside_teacher_only(tmp_path):
+    bad = invoke(["demo", "--regime", "nope", "--output", str(tmp_path)])
+    assert bad.exit_code != 0 and "unknown regime 'nope': choose one of teacher_only, paper" in bad.output
+    bad = invoke(["demo", "--regime", "paper", "--quick", "--output", str(tmp_path)])
+    assert bad.exit_code != 0 and "--quick is the teacher-only regime's short run" in bad.output

@@ -54,3 +54,15 @@ def test_report_rows_show_seeds_and_pairs():
     pairs = paired(groups)
     assert len(pairs) == 1  # the one-seed group pairs with nothing
     assert pairs[0]["a"] == "kd" and pairs[0]["diff_mean"] == pytest.approx(-0.03)
+
+
+def test_holm_adjusts_step_down_in_the_input_order():
+    """Holm on m = 4 tested values: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04, then
+    the running maximum makes the last 0.06; NaN (no test) is left out of m and stays NaN."""
+    from pipeline.experiments.stats import holm
+
+    adjusted = holm([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert adjusted[4] == pytest.approx(0.02)
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
