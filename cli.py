@@ -293,7 +293,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
 @app.command("noisy-demo")
 def noisy_demo(output: Path = typer.Option(Path("runs/noisy_demo"), "--output", help="where runs, report and figure go"),
                data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
-               seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds")) -> None:
+               seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="comma-separated seeds (5: rule 5 of docs/demo.md)")) -> None:
     """Noisy labels on Fashion-MNIST (40% symmetric and asym_next): CE vs Sel-CL -> Sel-CL+ vs Sel-CL+ with AdaptConf."""
     def go() -> None:
         from pipeline.experiments.noisy_demo import run_noisy_demo

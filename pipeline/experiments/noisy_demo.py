@@ -3,10 +3,13 @@
 For each noise mode (40% ``symmetric``, 40% ``asym_next``) and seed, three ways to train the CNN:
 cross-entropy on the noisy labels (``ce``); Sel-CL pre-training then Sel-CL+ fine-tuning on its
 selected examples (``selcl_cnn`` -> ``selcl_plus``); and the same fine-tuning with AdaptConf from a
-weak teacher, the MLP's own Sel-CL model (``selcl_mlp`` -> ``selcl_plus_adaptconf``). It reports
-test accuracy (mean +- std over seeds, paired differences) and, per epoch of the CNN's Sel-CL run,
-the precision and recall of its selected set against the known clean labels (a figure). Finished
-runs are skipped when the demo runs again.
+weak teacher, the MLP's own Sel-CL model (``selcl_mlp`` -> ``selcl_plus_adaptconf``). The
+student's ceiling (rule 4 of docs/demo.md) is the same CNN and recipe as ``ce`` on the clean
+labels (``ceiling``). It reports, per noise mode, the teacher, the ceiling and each method's test
+accuracy (mean +- std over seeds) with PGR, each seed's error ratio against rule 4, the paired
+differences as one Holm-Bonferroni family, and, per epoch of the CNN's Sel-CL run, the precision
+and recall of its selected set against the known clean labels (a figure). Finished runs are
+skipped when the demo runs again.
 """
 from __future__ import annotations
 
@@ -20,24 +23,31 @@ from rich.console import Console
 
 from pipeline.config.schema import Config, load_config
 from pipeline.engine.runtime import stderr_console
-from pipeline.experiments.stats import mean_std, paired_difference
+from pipeline.experiments.regimes import ALPHA, SEEDS, error_ratio, weaker_than_student
+from pipeline.experiments.report import pgr
+from pipeline.experiments.stats import holm, mean_std, paired_difference
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "noisy" / "fmnist_selcl"
 NOISE_MODES = ("symmetric", "asym_next")
 METHODS = (("ce", "cross-entropy on the noisy labels"), ("selcl_plus", "Sel-CL -> Sel-CL+"),
            ("selcl_plus_adaptconf", "Sel-CL+ with AdaptConf from the weak Sel-CL teacher"))
 PAIRS = (("selcl_plus", "ce"), ("selcl_plus_adaptconf", "selcl_plus"), ("selcl_plus_adaptconf", "ce"))
+RUNS = ("ceiling", "ce", "selcl_cnn", "selcl_plus", "selcl_mlp", "selcl_plus_adaptconf")
+NUM_CLASSES = 10
 
 
 def _config(name: str, root: Path, noise: str, seed: int, data_dir: str | None) -> Config:
     over = [f"data.noise_mode={noise}", f"run.seed={seed}", f"run.output={root / name}"]
+    if name == "ceiling":  # the student's ceiling: the ce run on the clean labels
+        over += ["data.noise_mode=none", "data.noise_rate=0"]
     if data_dir:
         over.append(f"data.data_dir={data_dir}")
     if name.startswith("selcl_plus"):
         over += [f"model.pretrained={root / 'selcl_cnn' / 'model.safetensors'}", f"noisy.selection={root / 'selcl_cnn'}"]
     if name == "selcl_plus_adaptconf":
         over.append(f"teacher.checkpoint={root / 'selcl_mlp'}")
-    return load_config(CONFIG_DIR / f"{name}.yaml", over)
+    return load_config(CONFIG_DIR / f"{'ce' if name == 'ceiling' else name}.yaml", over)
+
 
 
 def _run(name: str, root: Path, noise: str, seed: int, data_dir: str | None, console: Console) -> None:
@@ -58,7 +68,7 @@ def _run(name: str, root: Path, noise: str, seed: int, data_dir: str | None, con
     console.print(f"{name}: {time.perf_counter() - start:.0f} s")
 
 
-def run_noisy_demo(output: str | Path = "runs/noisy_demo", seeds: tuple[int, ...] = (0, 1, 2),
+def run_noisy_demo(output: str | Path = "runs/noisy_demo", seeds: tuple[int, ...] = SEEDS,
                    data_dir: str | None = None, console: Console | None = None) -> str:
     """Every run for every noise mode and seed under ``output``; returns the markdown report (also ``report.md``)."""
     console = console or stderr_console()
@@ -67,7 +77,7 @@ def run_noisy_demo(output: str | Path = "runs/noisy_demo", seeds: tuple[int, ...
     for noise in NOISE_MODES:
         for seed in seeds:
             root = out / noise / f"seed{seed}"
-            for name in ("ce", "selcl_cnn", "selcl_plus", "selcl_mlp", "selcl_plus_adaptconf"):
+            for name in RUNS:
                 _run(name, root, noise, seed, data_dir, console)
     text = report(out, seeds)
     (out / "report.md").write_text(text + "\n")
@@ -81,29 +91,53 @@ def _result(path: Path) -> dict[str, Any]:
 
 
 def report(out: Path, seeds: tuple[int, ...]) -> str:
-    """Markdown: test accuracy per method and noise mode (mean +- std, n), paired differences, selection quality."""
-    lines = ["| noise (40%) | method | seeds | test acc (%) |", "|---|---|---:|---:|"]
-    pairs = ["| noise (40%) | a - b, paired over seeds | seeds | difference (points) | 95% CI | p (paired t) |",
-             "|---|---|---:|---:|---|---:|"]
+    """Markdown: per noise mode the teacher, the ceiling and each method's test accuracy (mean +- std, n) with PGR
+    and agreement, each seed's error ratio against rule 4, the paired differences (Holm over the mode's
+    comparisons, Bonferroni intervals), and the selection quality."""
+    m = len(PAIRS)
+    level = 1 - ALPHA / m
+    lines = ["| noise (40%) | run | seeds | test acc (%) | PGR | agreement with teacher (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    pairs = [f"| noise (40%) | a - b, paired over seeds | seeds | difference (points) | {100 * level:.2f}% CI "
+             f"(Bonferroni, {m} comparisons) | p (paired t) | p (Holm) |", "|---|---|---:|---:|---|---:|---:|"]
     sel = ["| noise (40%) | Sel-CL model | selected (%) | precision (%) | recall (%) | noise in the labels (%) |",
            "|---|---|---:|---:|---:|---:|"]
+    ratios = []
     for noise in NOISE_MODES:
-        acc = {m: {s: 100 * _result(out / noise / f"seed{s}" / m)["test_acc"] for s in seeds} for m, _ in METHODS}
-        for m, label in METHODS:
-            mean, sd, n = mean_std(acc[m].values())
-            lines.append(f"| {noise} | {label} | {n} | {mean:.2f}" + (f" ± {sd:.2f} |" if n > 1 else " |"))
-        for a, b in PAIRS:
-            d = paired_difference(acc[a], acc[b])
-            ci = f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if d.n > 1 else ""
+        res = {m_: {s: _result(out / noise / f"seed{s}" / m_) for s in seeds} for m_ in ("selcl_mlp", "ceiling",
+                                                                                      *(x for x, _ in METHODS))}
+        acc = {m_: {s: 100 * r["test_acc"] for s, r in by_seed.items()} for m_, by_seed in res.items()}
+        rows = [("selcl_mlp", "weak teacher: the MLP's Sel-CL model"),
+                ("ceiling", "ceiling: cross-entropy on the clean labels"), *METHODS]
+        for m_, label in rows:
+            mean, sd, n = mean_std(acc[m_].values())
+            pm, ps, _ = mean_std(pgr(acc[m_][s], acc["selcl_mlp"][s], acc["ceiling"][s]) for s in seeds)
+            agree = [r.get("test_agreement") for r in res[m_].values()]
+            am, _, na = mean_std(agree)
+            lines.append(f"| {noise} | {label} | {n} | {mean:.2f}" + (f" ± {sd:.2f}" if n > 1 else "")
+                         + (" | |" if m_ == "selcl_mlp" else f" | {pm:.3f}" + (f" ± {ps:.3f} |" if n > 1 else " |"))
+                         + (f" {100 * am:.2f} |" if na else " |"))
+        r_seed = {s: error_ratio(acc["selcl_mlp"][s] / 100, acc["ceiling"][s] / 100) for s in seeds}
+        holds = all(weaker_than_student(acc["selcl_mlp"][s] / 100, acc["ceiling"][s] / 100, NUM_CLASSES)
+                    for s in seeds)
+        ratios.append(f"{noise}: " + ", ".join(f"seed {s} {r:.2f}" for s, r in r_seed.items())
+                      + f" (rule 4, r >= 1.10 and far from chance: {'holds on every seed' if holds else 'fails'})")
+        diffs = [paired_difference(acc[a], acc[b]) for a, b in PAIRS]
+        wide = [paired_difference(acc[a], acc[b], level) for a, b in PAIRS]
+        for (a, b), d, w, ph in zip(PAIRS, diffs, wide, holm([d.p_value for d in diffs])):
+            ci = f"[{w.ci_low:+.2f}, {w.ci_high:+.2f}]" if d.n > 1 else ""
             p = f"{d.p_value:.3f}" if d.n > 1 else ""
-            pairs.append(f"| {noise} | {a} - {b} | {d.n} | {d.mean:+.2f} | {ci} | {p} |")
+            pairs.append(f"| {noise} | {a} - {b} | {d.n} | {d.mean:+.2f} | {ci} | {p} | "
+                         + (f"{ph:.3f} |" if d.n > 1 else " |"))
         for model in ("selcl_cnn", "selcl_mlp"):
             rs = [_result(out / noise / f"seed{s}" / model) for s in seeds]
             vals = [(100 * r["selected"] / r["train_samples"], 100 * r["selection_precision"],
                      100 * r["selection_recall"], 100 * (r["noise_rate"] or 0)) for r in rs]
             cols = [mean_std(v) for v in zip(*vals)]
             sel.append(f"| {noise} | {model} | " + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd, _ in cols) + " |")
-    return "\n".join(["Test accuracy on the clean test set:", "", *lines, "", *pairs, "",
+    return "\n".join(["Test accuracy on the clean test set:", "", *lines, "",
+                      "Error ratio r = err_teacher / err_ceiling per seed:", "", *(f"- {r}" for r in ratios), "",
+                      *pairs, "",
                       "The selected set at the end of Sel-CL (mean ± std over seeds), against the known clean labels:",
                       "", *sel])
 

@@ -8,20 +8,24 @@ import pytest
 
 from pipeline.experiments.noisy_demo import METHODS, NOISE_MODES, figure, report
 
-ACC = {"ce": (0.70, 0.72, 0.71), "selcl_plus": (0.80, 0.81, 0.83), "selcl_plus_adaptconf": (0.81, 0.83, 0.83)}
+ACC = {"ce": (0.70, 0.72, 0.71), "selcl_plus": (0.80, 0.81, 0.83), "selcl_plus_adaptconf": (0.81, 0.83, 0.83),
+       "ceiling": (0.86, 0.85, 0.87)}
+TEACHER = (0.72, 0.73, 0.71)
 
 
 def _runs(out: Path) -> None:
     for noise in NOISE_MODES:
         for s in range(3):
             root = out / noise / f"seed{s}"
-            for m, _ in METHODS:
+            for m in ACC:
                 (root / m).mkdir(parents=True)
-                (root / m / "result.json").write_text(json.dumps({"test_acc": ACC[m][s]}))
+                agree = {"test_agreement": 0.9} if m == "selcl_plus_adaptconf" else {}
+                (root / m / "result.json").write_text(json.dumps({"test_acc": ACC[m][s], **agree}))
             for model in ("selcl_cnn", "selcl_mlp"):
                 (root / model).mkdir()
                 (root / model / "result.json").write_text(json.dumps(
-                    {"selected": 1500 + 100 * s, "train_samples": 3000, "selection_precision": 0.9,
+                    {"test_acc": TEACHER[s] if model == "selcl_mlp" else 0.5,
+                     "selected": 1500 + 100 * s, "train_samples": 3000, "selection_precision": 0.9,
                      "selection_recall": 0.7, "noise_rate": 0.36}))
                 rows = [{"epoch": e, "selection_precision": 0.8 + 0.05 * e, "selection_recall": 0.5 + 0.1 * e}
                         for e in range(3)]
@@ -37,9 +41,40 @@ def test_report_gives_mean_std_pairs_and_selection(tmp_path: Path) -> None:
     cells = [c.strip() for c in line.split("|")]
     assert cells[3] == "3" and float(cells[4]) == pytest.approx(10.33, abs=0.01)
     assert "| symmetric | selcl_cnn | 53.3 ± 3.3 | 90.0 ± 0.0 | 70.0 ± 0.0 | 36.0 ± 0.0 |" in text
+    assert "| symmetric | weak teacher: the MLP's Sel-CL model | 3 | 72.00 ± 1.00 | | |" in text
+    # PGR of Sel-CL+ with AdaptConf per seed: (81-72)/(86-72), (83-73)/(85-73), (83-71)/(87-71) = 0.643, 0.833, 0.75
+    assert "| symmetric | Sel-CL+ with AdaptConf from the weak Sel-CL teacher | 3 | 82.33 ± 1.15 | 0.742 ± 0.095 | 90.00 |" \
+        in text
+    # r per seed: 28/14, 27/15, 29/13
+    assert "- symmetric: seed 0 2.00, seed 1 1.80, seed 2 2.23 (rule 4, r >= 1.10 and far from chance: holds on every seed)" \
+        in text
+    assert "98.33% CI (Bonferroni, 3 comparisons)" in text and line.endswith(" |")
+
+
+def test_report_says_when_the_teacher_is_not_weaker_than_the_ceiling(tmp_path: Path) -> None:
+    _runs(tmp_path)
+    for noise in NOISE_MODES:  # seed 1's teacher as good as its ceiling
+        (tmp_path / noise / "seed1" / "selcl_mlp" / "result.json").write_text(json.dumps(
+            {"test_acc": 0.85, "selected": 1500, "train_samples": 3000, "selection_precision": 0.9,
+             "selection_recall": 0.7, "noise_rate": 0.36}))
+    assert "seed 1 1.00, seed 2 2.23 (rule 4, r >= 1.10 and far from chance: fails)" in report(tmp_path, (0, 1, 2))
 
 
 def test_figure_is_written(tmp_path: Path) -> None:
     _runs(tmp_path)
     figure(tmp_path, (0, 1, 2), tmp_path / "pr.png")
     assert (tmp_path / "pr.png").stat().st_size > 10_000
+
+
+def test_the_ceiling_is_the_ce_run_on_the_clean_labels(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from pipeline.experiments.noisy_demo import _config
+
+    ceiling = asdict(_config("ceiling", tmp_path, "asym_next", 3, None))
+    ce = asdict(_config("ce", tmp_path, "asym_next", 3, None))
+    assert ceiling["data"]["noise_mode"] == "none" and ceiling["data"]["noise_rate"] == 0
+    assert ce["data"]["noise_mode"] == "asym_next" and ce["data"]["noise_rate"] == 0.4
+    for cfg in (ceiling, ce):
+        del cfg["data"]["noise_mode"], cfg["data"]["noise_rate"], cfg["run"]["output"]
+    assert ceiling == ce  # same images, CNN, recipe and seed
