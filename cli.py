@@ -263,13 +263,24 @@ def inspect(store: str = typer.Argument(..., help="store: a directory or an fssp
 
 
 @app.command("select-settings")
-def select_settings_cmd(output: Path = typer.Option(Path("runs/demo/selection"), "--output", help="where the selection's runs go"),
-                        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files")) -> None:
-    """Seed-0 teachers and ceilings only: the paper regime's teacher and epochs by the rule of docs/demo.md."""
+def select_settings_cmd(output: Optional[Path] = typer.Option(None, "--output", help="where the selection's runs go "
+                                                              "(runs/demo/selection; few_shot: runs/few_shot/selection)"),
+                        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
+                        scenario: str = typer.Option("paper", "--scenario",
+                                                     help="paper (the main demo's paper regime, rule 1) or few_shot (rule 4)")) -> None:
+    """Seed-0 teachers and ceilings only: a setting's teacher (and epochs) by the rule of docs/demo.md."""
     def go() -> None:
-        from pipeline.experiments.settings_selection import select_settings
+        d = str(data_dir) if data_dir else None
+        if scenario == "paper":
+            from pipeline.experiments.settings_selection import select_settings
 
-        select_settings(output, str(data_dir) if data_dir else None, console=console)
+            select_settings(output or Path("runs/demo/selection"), d, console=console)
+        elif scenario == "few_shot":
+            from pipeline.experiments.few_shot_selection import select_few_shot_teacher
+
+            select_few_shot_teacher(output or Path("runs/few_shot/selection"), d, console=console)
+        else:
+            raise ValueError(f"--scenario {scenario!r}: choose paper or few_shot")
     _guard(go, RERUN_HINT)
 
 
