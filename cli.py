@@ -264,10 +264,13 @@ def inspect(store: str = typer.Argument(..., help="store: a directory or an fssp
 
 @app.command("select-settings")
 def select_settings_cmd(output: Optional[Path] = typer.Option(None, "--output", help="where the selection's runs go "
-                                                              "(runs/demo/selection; few_shot: runs/few_shot/selection)"),
+                                                              "(runs/demo/selection; few_shot: runs/few_shot/selection; regimes: "
+                                                              "runs, the root of the demos' folders)"),
                         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
                         scenario: str = typer.Option("paper", "--scenario",
-                                                     help="paper (the main demo's paper regime, rule 1) or few_shot (rule 4)")) -> None:
+                                                     help="paper (the main demo's paper regime, rule 1), few_shot (rule 4) "
+                                                          "or regimes (seed 0's teacher and ceiling of every other "
+                                                          "setting, checked)")) -> None:
     """Seed-0 teachers and ceilings only: a setting's teacher (and epochs) by the rule of docs/demo.md."""
     def go() -> None:
         d = str(data_dir) if data_dir else None
@@ -279,8 +282,12 @@ def select_settings_cmd(output: Optional[Path] = typer.Option(None, "--output", 
             from pipeline.experiments.few_shot_selection import select_few_shot_teacher
 
             select_few_shot_teacher(output or Path("runs/few_shot/selection"), d, console=console)
+        elif scenario == "regimes":
+            from pipeline.experiments.rule_checks import check_regimes
+
+            check_regimes(output or Path("runs"), d, console=console)
         else:
-            raise ValueError(f"--scenario {scenario!r}: choose paper or few_shot")
+            raise ValueError(f"--scenario {scenario!r}: choose paper, few_shot or regimes")
     _guard(go, RERUN_HINT)
 
 

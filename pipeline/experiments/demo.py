@@ -12,6 +12,13 @@ its table; ``docs/demo.md`` states the rule that fixed each one before any stude
 - ``paper`` (``configs/fmnist/paper``, runs under ``paper/``): the teacher ``w2s select-settings``
   chose by rule 1 (error 1.10-1.45 times the ceiling's), students with ground truth + KD /
   AugConf / AdaptConf against the same CNN on ground truth alone, 80 epochs on 500 images per class.
+- ``finetune`` and ``probe`` (rule 3, runs beside the teacher-only ones, whose teacher and store
+  they share): the CNN starts from the shipped SimCLR prior (``priors/fmnist_cnn_simclr``) and is
+  fine-tuned (the paper's ImageNet protocol) or trained as a linear probe on its frozen backbone
+  (OpenAI's), from the teacher alone, against its own ceiling (the same protocol with ground truth).
+
+Before any student, seed 0's teacher and ceiling are checked against the regime's rule; a regime
+that fails it is reported as not reached and trains no student.
 
 For each seed the teacher, store, ceiling and students are retrained (init, batch order, views);
 the halves stay fixed (``data.subset_seed``). Finished steps are skipped when the demo is run
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,14 +37,17 @@ from rich.console import Console
 
 from pipeline.config.schema import Config, load_config
 from pipeline.infer_teacher import infer
-from pipeline.experiments.regimes import ALPHA, error_ratio
+from pipeline.experiments.regimes import ALPHA, error_ratio, paper_regime, teacher_only_regime
 from pipeline.experiments.report import pgr, plus_minus, report
 from pipeline.experiments.runs import load_run
 from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.stats import holm, mean_std, paired_difference
 from pipeline.train_student import train
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "fmnist"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs" / "fmnist"
+PRIOR = ROOT / "priors" / "fmnist_cnn_simclr"  # w2s pretrain's SimCLR fmnist_cnn, shipped (docs/demo.md)
+NUM_CLASSES = 10
 QUICK_EPOCHS = 3  # fixed before any quick result was looked at: the recipe's data, 3 epochs per strong model
 
 
@@ -53,7 +63,7 @@ class Student:
 
 @dataclass(frozen=True)
 class Regime:
-    """One table of the demo: its configs (under ``config_dir``), students and paired comparisons."""
+    """One table of the demo: its configs (under ``config_dir``), students, paired comparisons and rule."""
 
     name: str
     config_dir: Path
@@ -62,8 +72,18 @@ class Regime:
     ceiling_label: str
     students: tuple[Student, ...]
     pairs: tuple[tuple[str, str], ...]  # (a, b): a - b paired over seeds
+    rule: str  # the rule of docs/demo.md its seed-0 teacher and ceiling must meet
+    dir_name: str = ""  # the runs' folder under --output (default: the regime's name)
     infer: str = "infer_teacher"
     ceiling: str = "ceiling_cnn"
+    ceiling_run: str = "strong_ceiling"
+    ceiling_overrides: tuple[str, ...] = ()
+
+    def holds(self, teacher_acc: float, ceiling_acc: float) -> bool:
+        """Whether a teacher and ceiling meet the regime's rule."""
+        if self.rule == "rule 1 (paper regime)":
+            return paper_regime(teacher_acc, ceiling_acc)
+        return teacher_only_regime(teacher_acc, ceiling_acc, NUM_CLASSES)
 
 
 WEAK_ONLY = (Student("student_kd", "KD", "student_kd"),
@@ -79,13 +99,32 @@ OBJECTIVE_ORDER = (("student_adaptconf", "student_kd"), ("student_adaptconf", "s
 TEACHER_ONLY = Regime(
     "teacher_only", CONFIG_DIR, "teacher_linear", "weak teacher (`fmnist_linear`, half A)",
     "strong ceiling (`fmnist_cnn`, half B, ground truth)", WEAK_ONLY + WITH_GT,
-    OBJECTIVE_ORDER + (("student_gt_adaptconf", "strong_ceiling"),))
+    OBJECTIVE_ORDER + (("student_gt_adaptconf", "strong_ceiling"),), "rule 2 (teacher-only)", dir_name="full")
 PAPER = Regime(
     "paper", CONFIG_DIR / "paper", "teacher_cnn_w8", "weak teacher (`fmnist_cnn` w8, 30 epochs, 5,000 of half A)",
     "ceiling (`fmnist_cnn`, 5,000 of half B, ground truth alone)", PAPER_STUDENTS,
     tuple((s.name, "strong_ceiling") for s in PAPER_STUDENTS)
-    + tuple((a.replace("student_", "student_gt_"), b.replace("student_", "student_gt_")) for a, b in OBJECTIVE_ORDER))
-REGIMES = {r.name: r for r in (TEACHER_ONLY, PAPER)}
+    + tuple((a.replace("student_", "student_gt_"), b.replace("student_", "student_gt_")) for a, b in OBJECTIVE_ORDER),
+    "rule 1 (paper regime)")
+
+
+def _pretrained(name: str, label: str, extra: tuple[str, ...], ceiling: str) -> Regime:
+    """A rule-3 regime: the SimCLR prior fine-tuned or probed from the teacher-only regime's teacher and store,
+    10 % held out (rule 6: labelled by the teacher for students, ground truth for the ceiling)."""
+    prior = (f"model.pretrained={PRIOR}", "data.val_fraction=0.1", *extra)
+    students = tuple(Student(f"{name}_{s.name.removeprefix('student_')}", f"{label} {s.label}", s.config,
+                             (*prior, "teacher.label_val=true")) for s in WEAK_ONLY)
+    run = lambda a: f"{name}_{a.removeprefix('student_')}"  # noqa: E731
+    return Regime(name, CONFIG_DIR, "teacher_linear", TEACHER_ONLY.teacher_label,
+                  f"ceiling ({label}, half B, ground truth)", students,
+                  tuple((run(a), run(b)) for a, b in OBJECTIVE_ORDER), "rule 3 (pretrained student)",
+                  dir_name="full", ceiling=ceiling, ceiling_run=f"{name}_ceiling", ceiling_overrides=prior)
+
+
+FINETUNE = _pretrained("finetune", "SimCLR prior fine-tuned", (), "ceiling_cnn")
+PROBE = _pretrained("probe", "SimCLR prior, linear probe", ("model.freeze_backbone=true", "optim.weight_decay=0"),
+                    "probe_simclr")
+REGIMES = {r.name: r for r in (TEACHER_ONLY, PAPER, FINETUNE, PROBE)}
 QUICK_TRUST = ("one quick seed is a smoke test, not a comparison: with 3 of the recipe's 10 epochs, seeds 0-2 put "
                "these students 0.6 points below to 0.6 above the weak teacher, and which objective came first changed "
                "with the seed (`w2s demo --quick --seeds 0,1,2`, docs/demo.md); the full demo over 3 seeds is the measurement")
@@ -95,25 +134,35 @@ ONE_SEED = "one seed is a smoke test, not a comparison: the tables of docs/demo.
 def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = None, seeds: tuple[int, ...] = (0,),
              console: Console | None = None, regime: str = "teacher_only") -> str:
     """Run every step of ``regime`` for every seed under ``output`` and return its markdown table (also in
-    ``report/demo.md``)."""
+    ``report/demo.md``, ``report_<regime>/`` for the regimes that share the teacher-only runs' folder)."""
     console = console or stderr_console()
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     if quick and regime != "teacher_only":
         raise ValueError("--quick is the teacher-only regime's short run; leave it out for --regime " + regime)
     spec = REGIMES[regime]
-    students = WEAK_ONLY if quick else spec.students
-    spec = Regime(spec.name, spec.config_dir, spec.teacher, spec.teacher_label, spec.ceiling_label, students,
-                  tuple(p for p in spec.pairs if {p[0], p[1]} <= {"strong_ceiling", *(s.name for s in students)}))
-    out = Path(output) / ("quick" if quick else "full" if regime == "teacher_only" else regime)
+    if quick:
+        spec = replace(spec, students=WEAK_ONLY, pairs=OBJECTIVE_ORDER)
+    out = Path(output) / ("quick" if quick else spec.dir_name or spec.name)
+    report_dir = out / ("report" if spec.ceiling_run == "strong_ceiling" else f"report_{spec.name}")
     start = time.perf_counter()
+    gate = ""
+    if not quick:  # the quick demo is a smoke test of the pipeline, not a setting of its own
+        run_teacher_and_ceiling(spec, out / "seed0", 0, quick, data_dir, console)  # the rule's seed, first
+        gate = _gate(spec, out / "seed0")
+    if gate:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "demo.md").write_text(gate + "\n")
+        console.print(gate, highlight=False)
+        print(gate)
+        return gate
     for seed in seeds:
-        _run_seed(spec, out / f"seed{seed}", seed, quick, data_dir, console)
+        run_teacher_and_ceiling(spec, out / f"seed{seed}", seed, quick, data_dir, console)
+        _run_students(spec, out / f"seed{seed}", seed, quick, data_dir, console)
     table = demo_table([out / f"seed{s}" for s in seeds], spec)
-    report_dir = out / "report"
-    report([out / f"seed{s}" / st.name for s in seeds for st in students], report_dir,
+    report([out / f"seed{s}" / st.name for s in seeds for st in spec.students], report_dir,
            weak_paths=[out / f"seed{s}" / "weak_teacher" for s in seeds],
-           ceiling_paths=[out / f"seed{s}" / "strong_ceiling" for s in seeds], label_of=lambda r: r.path.name)
+           ceiling_paths=[out / f"seed{s}" / spec.ceiling_run for s in seeds], label_of=lambda r: r.path.name)
     (report_dir / "demo.md").write_text(table + "\n")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; table {report_dir / 'demo.md'}, "
                   f"figures {report_dir}/*.png")
@@ -123,34 +172,55 @@ def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = Non
     return table
 
 
-def _run_seed(spec: Regime, out: Path, seed: int, quick: bool, data_dir: str | None, console: Console) -> None:
-    """One seed's weak teacher, store, ceiling and students (each skipped when already finished)."""
+def _gate(spec: Regime, seed0: Path) -> str:
+    """Empty when seed 0's teacher and ceiling meet the regime's rule; else the line that says it is not reached."""
+    teacher, ceiling = load_run(seed0 / "weak_teacher").test_acc, load_run(seed0 / spec.ceiling_run).test_acc
+    if spec.holds(teacher, ceiling):
+        return ""
+    return (f"{spec.name} regime not reached: seed 0's teacher {100 * teacher:.2f} % and ceiling {100 * ceiling:.2f} % "
+            f"(r = {error_ratio(teacher, ceiling):.2f}) fail {spec.rule} of docs/demo.md, so no student is trained")
+
+
+def _overrides(seed: int, quick: bool, data_dir: str | None) -> tuple[list[str], list[str]]:
     common = [f"run.seed={seed}"] + ([f"data.data_dir={data_dir}"] if data_dir else [])
-    strong = common + ([f"optim.epochs={QUICK_EPOCHS}"] if quick else [])
-    teacher_dir, store_dir = out / "weak_teacher", out / "store"
+    return common, common + ([f"optim.epochs={QUICK_EPOCHS}"] if quick else [])
 
-    def config(name: str, overrides: list[str]) -> Config:
-        return load_config(spec.config_dir / f"{name}.yaml", overrides)
 
-    def step(title: str, run_dir: Path, fn: Callable[[], Any]) -> None:
-        if (run_dir / "result.json").exists():
-            console.print(f"[dim]{title}: done already ({run_dir})[/dim]")
-            return
-        console.rule(f"{spec.name}, seed {seed}: {title}")
-        fn()
+def _step(spec: Regime, seed: int, title: str, run_dir: Path, console: Console, fn: Callable[[], Any]) -> None:
+    if (run_dir / "result.json").exists():
+        console.print(f"[dim]{title}: done already ({run_dir})[/dim]")
+        return
+    console.rule(f"{spec.name}, seed {seed}: {title}")
+    fn()
 
-    step("weak teacher", teacher_dir, lambda: train(
-        config(spec.teacher, common + [f"run.output={teacher_dir}"]), role="teacher", resume=True, console=console))
+
+def _config(spec: Regime, name: str, overrides: list[str]) -> Config:
+    return load_config(spec.config_dir / f"{name}.yaml", overrides)
+
+
+def run_teacher_and_ceiling(spec: Regime, out: Path, seed: int, quick: bool, data_dir: str | None,
+                             console: Console) -> None:
+    """One seed's weak teacher, store and ceiling (each skipped when already finished)."""
+    common, strong = _overrides(seed, quick, data_dir)
+    teacher_dir, ceiling_dir = out / "weak_teacher", out / spec.ceiling_run
+    _step(spec, seed, "weak teacher", teacher_dir, console, lambda: train(
+        _config(spec, spec.teacher, common + [f"run.output={teacher_dir}"]), role="teacher", resume=True,
+        console=console))
+    _step(spec, seed, "ceiling (ground truth)", ceiling_dir, console, lambda: train(
+        _config(spec, spec.ceiling, strong + list(spec.ceiling_overrides) + [f"run.output={ceiling_dir}"]),
+        role="teacher", resume=True, console=console))
+
+
+def _run_students(spec: Regime, out: Path, seed: int, quick: bool, data_dir: str | None, console: Console) -> None:
+    """One seed's store (left as it is when complete) and students (each skipped when already finished)."""
+    common, strong = _overrides(seed, quick, data_dir)
     console.rule(f"{spec.name}, seed {seed}: infer-teacher on the students' images")
-    teacher_args = [f"teacher.checkpoint={teacher_dir}", f"teacher.store={store_dir}"]
-    infer(config(spec.infer, common + teacher_args), console=console)
-    ceiling_dir = out / "strong_ceiling"
-    step("ceiling (ground truth)", ceiling_dir, lambda: train(
-        config(spec.ceiling, strong + [f"run.output={ceiling_dir}"]), role="teacher", resume=True, console=console))
+    teacher_args = [f"teacher.checkpoint={out / 'weak_teacher'}", f"teacher.store={out / 'store'}"]
+    infer(_config(spec, spec.infer, common + teacher_args), console=console)
     for st in spec.students:
         d = out / st.name
-        step(f"{st.label} student", d, lambda st=st, d=d: train(
-            config(st.config, strong + teacher_args + list(st.overrides) + [f"run.output={d}"]),
+        _step(spec, seed, f"{st.label} student", d, console, lambda st=st, d=d: train(
+            _config(spec, st.config, strong + teacher_args + list(st.overrides) + [f"run.output={d}"]),
             role="student", resume=True, console=console))
 
 
@@ -158,8 +228,9 @@ def demo_table(seed_dirs: list[Path], spec: Regime) -> str:
     """The regime's table: accuracy mean +- std over seeds (n shown; no spread from one seed), PGR per seed,
     agreement, the weak-supervision stopping rule's epoch and test accuracy, each seed's error ratio, and the
     paired differences of ``spec.pairs`` as one Holm-Bonferroni family."""
-    names = ["weak_teacher", "strong_ceiling", *(s.name for s in spec.students)]
-    labels = {"weak_teacher": spec.teacher_label, "strong_ceiling": spec.ceiling_label,
+    ceiling = spec.ceiling_run
+    names = ["weak_teacher", ceiling, *(s.name for s in spec.students)]
+    labels = {"weak_teacher": spec.teacher_label, ceiling: spec.ceiling_label,
               **{s.name: f"{s.label} student" for s in spec.students}}
     acc: dict[str, dict[int, float]] = {n: {} for n in names}
     agree: dict[str, list[float]] = {n: [] for n in names}
@@ -173,7 +244,7 @@ def demo_table(seed_dirs: list[Path], spec: Regime) -> str:
                 agree[n].append(r.result["test_agreement"])
             if r.result.get("test_acc_at_best") is not None:
                 stop[n].append((r.result["best_epoch"], r.result["test_acc_at_best"]))
-    pgrs = {n: [pgr(acc[n][s], acc["weak_teacher"][s], acc["strong_ceiling"][s]) for s in acc[n]] for n in names}
+    pgrs = {n: [pgr(acc[n][s], acc["weak_teacher"][s], acc[ceiling][s]) for s in acc[n]] for n in names}
     with_stop = any(stop.values())
     head = "| run | seeds | test acc (%) | PGR | agreement with teacher (%) |"
     lines = [head + (" stopping rule: epochs, test acc (%) |" if with_stop else ""),
@@ -188,7 +259,8 @@ def demo_table(seed_dirs: list[Path], spec: Regime) -> str:
             sm, ss, _ = mean_std(a for _, a in stop[n])
             row += (f" {'/'.join(str(e + 1) for e, _ in stop[n])}, {plus_minus(sm, ss)} |" if stop[n] else " |")
         lines.append(row)
-    ratios = ", ".join(f"seed {s} {error_ratio(acc['weak_teacher'][s], acc['strong_ceiling'][s]):.2f}"
+    ratios = ", ".join(f"seed {s} {error_ratio(acc['weak_teacher'][s], acc[ceiling][s]):.2f}"
+                       + ("" if spec.holds(acc["weak_teacher"][s], acc[ceiling][s]) else f" (fails {spec.rule})")
                        for s in sorted(acc["weak_teacher"]))
     lines += ["", f"error ratio r = err_teacher / err_ceiling: {ratios}"]
     pairs = [(a, b) for a, b in spec.pairs if a in names and b in names]

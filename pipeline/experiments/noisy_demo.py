@@ -50,7 +50,8 @@ def _config(name: str, root: Path, noise: str, seed: int, data_dir: str | None) 
 
 
 
-def _run(name: str, root: Path, noise: str, seed: int, data_dir: str | None, console: Console) -> None:
+def run_one(name: str, root: Path, noise: str, seed: int, data_dir: str | None, console: Console) -> None:
+    """One run of the noisy demo (skipped when finished; resumed when interrupted)."""
     if (root / name / "result.json").exists():
         return
     cfg = _config(name, root, noise, seed, data_dir)
@@ -78,7 +79,7 @@ def run_noisy_demo(output: str | Path = "runs/noisy_demo", seeds: tuple[int, ...
         for seed in seeds:
             root = out / noise / f"seed{seed}"
             for name in RUNS:
-                _run(name, root, noise, seed, data_dir, console)
+                run_one(name, root, noise, seed, data_dir, console)
     text = report(out, seeds)
     (out / "report.md").write_text(text + "\n")
     figure(out, seeds, out / "selection_precision_recall.png")

@@ -82,3 +82,37 @@ def test_demo_refuses_an_unknown_regime_and_quick_outside_teacher_only(tmp_path)
     assert bad.exit_code != 0 and "unknown regime 'nope': choose one of teacher_only, paper" in bad.output
     bad = invoke(["demo", "--regime", "paper", "--quick", "--output", str(tmp_path)])
     assert bad.exit_code != 0 and "--quick is the teacher-only regime's short run" in bad.output
+
+
+def test_a_regime_whose_seed0_teacher_fails_its_rule_trains_no_student(tmp_path):
+    """The probe's seed-0 ceiling barely beats the teacher (r = 1.03 < 1.5): not reached, no student, no store."""
+    from pipeline.experiments.demo import PROBE, run_demo
+
+    _write_results(tmp_path / "full", {"weak_teacher": [0.758], "probe_ceiling": [0.765]})
+    text = run_demo(tmp_path, regime="probe", seeds=(0, 1))
+    assert text.startswith("probe regime not reached: seed 0's teacher 75.80 % and ceiling 76.50 % (r = 1.03) fail "
+                           "rule 3 (pretrained student) of docs/demo.md")
+    assert (tmp_path / "full" / "report_probe" / "demo.md").read_text().startswith("probe regime not reached")
+    assert sorted(p.name for p in (tmp_path / "full" / "seed0").iterdir()) == ["probe_ceiling", "weak_teacher"]
+    assert not (tmp_path / "full" / "seed1").exists()
+    assert [s.name for s in PROBE.students] == ["probe_kd", "probe_augconf", "probe_adaptconf"]
+
+
+def test_pretrained_regimes_start_from_the_shipped_prior_and_hold_out_a_teacher_labelled_tenth():
+    from dataclasses import asdict
+
+    from pipeline.config.schema import load_config
+    from pipeline.experiments.demo import CONFIG_DIR, FINETUNE, PRIOR, PROBE, TEACHER_ONLY
+
+    for regime, frozen in ((FINETUNE, False), (PROBE, True)):
+        assert regime.dir_name == "full" and regime.teacher == TEACHER_ONLY.teacher  # the teacher-only teacher and store
+        ceiling = load_config(CONFIG_DIR / f"{regime.ceiling}.yaml", list(regime.ceiling_overrides))
+        assert ceiling.model.pretrained == str(PRIOR) and ceiling.model.freeze_backbone is frozen
+        assert ceiling.data.val_fraction == 0.1 and ceiling.objective.name == "vanilla"
+        for st in regime.students:
+            cfg = load_config(CONFIG_DIR / f"{st.config}.yaml", list(st.overrides))
+            assert cfg.model.pretrained == str(PRIOR) and cfg.model.freeze_backbone is frozen
+            assert cfg.teacher.label_val and cfg.data.val_fraction == 0.1 and cfg.objective.gt_weight == 0
+            # a student and its ceiling differ only in what teaches them
+            same = {k: v for k, v in asdict(cfg.optim).items()} == asdict(ceiling.optim)
+            assert same and cfg.data.subset == ceiling.data.subset == "half_b"
