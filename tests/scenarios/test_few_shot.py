@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
@@ -118,7 +119,7 @@ def test_meta_stage_writes_a_loadable_model_and_warms_up_adaptconf(mini_runs: di
     rows = [json.loads(line) for line in (meta_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     # the paper's warm-up r_w = 0.25 (epochs from 1, beta x n/(E r_w) while n < int(E r_w)): int(2 x 0.25) = 0,
-    # so over 2 epochs beta is never scaled down (beta in (0, 0.5]); the ramp itself: test_objectives.py
+    # so over 2 epochs beta is never scaled down (beta in (0, 0.5]); the ramp itself: tests/objectives/test_paper_objectives.py
     assert all(0.0 < r["weight_mean"] <= 0.5 for r in rows)
     assert all(math.isfinite(r["loss"]) and 0.0 <= r["train_agreement"] <= 1.0 for r in rows)
     model, meta, _ = load_model(meta_dir)
@@ -204,8 +205,8 @@ def test_config_is_strict(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="run.amp: the few-shot commands do not use it"):
         load_few_shot_config(None, ["run.amp=bf16"])
     assert load_few_shot_config(None, []).run.output == "runs/few_shot/default"
-    _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.objective=dkd"],
-           "meta.objective must be one of none, kd, augconf, adaptconf")
+    _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.objective=dkd3"],
+           "meta.objective must be one of none, kd, augconf, adaptconf, logconf, product, bootstrap_soft, bootstrap_hard, dkd")
     _fails(["few-shot", "meta", CONFIGS / "mini_meta_adaptconf.yaml", "--set", "meta.warmup_style=linear"],
            "meta.warmup_style must be one of few_shot, sel_cl")
     _fails(["few-shot", "eval", CONFIGS / "mini_eval.yaml", "--set", "episodes.shots=[]"], "episodes.shots")
@@ -254,3 +255,19 @@ def test_fmnist_base_classes_train_and_novel_classes_evaluate(fmnist_dir: Path, 
                                                       meta__batches_per_epoch=3, meta__n_way=4,
                                                       meta__objective="augconf")])
     assert a["objective"] == "augconf" and a["teacher_sha256"] is not None and a["train_agreement"] is not None
+
+
+def test_meta_stage_takes_a_comparison_objective_with_its_params(mini_dir: Path, mini_runs: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """``meta.objective`` is any registered objective; ``meta.params`` reaches its own parameters."""
+    common = [CONFIGS / "mini_meta_adaptconf.yaml", *_sets(data__data_dir=str(mini_dir)), *META_TINY,
+              *_sets(encoder__checkpoint=str(mini_runs["student"]), teacher__checkpoint=str(mini_runs["teacher"]))]
+    out = tmp_path / "dkd"
+    res = _ok(["few-shot", "meta", *common, "--set", "meta.objective=dkd", "--set", "meta.params={dkd_beta: 2.0}",
+               *_sets(run__output=str(out))])
+    assert res["objective"] == "dkd"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"tckd", "nckd"} <= set(rows[-1])  # DKD's own logged terms
+    assert yaml.safe_load((out / "config.yaml").read_text())["meta"]["params"] == {"dkd_beta": 2.0}
+    _fails(["few-shot", "meta", *common, "--set", "meta.params={tau: 1}", *_sets(run__output=str(tmp_path / "x"))],
+           "meta.params: unknown objective parameter 'tau'")

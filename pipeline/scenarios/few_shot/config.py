@@ -16,7 +16,7 @@ import yaml
 from pipeline.engine.checkpoint import atomic_write
 from pipeline.config.checks import Check, setting
 from pipeline.config.schema import ConfigError, DataConfig, RunConfig, apply_file_and_overrides
-from pipeline.objectives import OBJECTIVES, WARMUP_STYLES
+from pipeline.objectives import OBJECTIVES, WARMUP_STYLES, build_objective
 
 # "none" is plain Meta-Baseline (the registry's vanilla); every registered objective is available
 META_OBJECTIVES = ("none", *(name for name in OBJECTIVES if name != "vanilla"))
@@ -59,7 +59,8 @@ class MetaConfig:
     """Meta-Baseline training: ``epochs`` x ``batches_per_epoch`` SGD steps of ``episodes_per_batch`` episodes.
 
     ``objective``: none (plain Meta-Baseline, query CE only) or any registered objective (the arguments of
-    ``pipeline.objectives.build_objective``; ``warmup_rate``/``warmup_style`` are AdaptConf's beta warm-up).
+    ``pipeline.objectives.build_objective``; ``warmup_rate``/``warmup_style`` are AdaptConf's beta warm-up;
+    ``params`` passes any other parameter of the registry by name, checked as the ``objective`` section is).
     ``bn_episodes`` (0 = off: BN over the whole batch): the student encoder's training-mode BatchNorm
     statistics are computed over consecutive groups of this many episodes (ghost batches,
     ``pipeline.models.ghost_bn``), as ``nn.DataParallel`` splits a batch's episodes over GPUs
@@ -83,6 +84,7 @@ class MetaConfig:
     kd_weight: float = setting(1.0, check=_NONNEG)
     gt_weight: float = setting(1.0, check=_NONNEG)
     bn_episodes: int = setting(0, check=_NONNEG)
+    params: dict[str, Any] = setting(factory=dict)  # any other parameter of the objective, e.g. {dkd_beta: 2.0}
 
 
 @dataclass
@@ -110,7 +112,20 @@ def load_few_shot_config(path: str | Path | None = None, overrides: list[str] | 
     for key in UNUSED_RUN_KEYS:  # the shared run section: refuse what these commands would silently ignore
         if getattr(cfg.run, key) != getattr(default, key):
             raise ConfigError(f"run.{key}: the few-shot commands do not use it; leave it at {getattr(default, key)!r}")
+    _check_objective_params(cfg.meta)
     return cfg
+
+
+def _check_objective_params(m: MetaConfig) -> None:
+    """``meta.params`` names registered objective parameters the meta section has no key of its own for."""
+    own = {f.name for f in dataclasses.fields(MetaConfig)}
+    for key in m.params:
+        if key in own:
+            raise ConfigError(f"meta.params.{key}: the meta section has its own key; set meta.{key} instead")
+    try:
+        build_objective("vanilla" if m.objective == "none" else m.objective, **m.params)
+    except ValueError as exc:
+        raise ConfigError(f"meta.params: {exc}") from None
 
 
 def _save_config(cfg: FewShotConfig, out: Path) -> None:

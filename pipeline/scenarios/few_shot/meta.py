@@ -125,7 +125,7 @@ class MetaTrainer(Task):
         self.objective: Objective = build_objective(
             "vanilla" if m.objective == "none" else m.objective, kd_temperature=m.kd_temperature,
             threshold=m.threshold, gt_weight=m.gt_weight, kd_weight=m.kd_weight, warmup_rate=m.warmup_rate,
-            warmup_style=m.warmup_style)
+            warmup_style=m.warmup_style, **m.params)
         specs = [teacher_spec(self.source, self.meta)]
         self.teacher: nn.Module | None = None
         self.teacher_sha: str | None = None
@@ -178,10 +178,11 @@ class MetaTrainer(Task):
         row = {"epoch": epoch, "loss": means["loss"], "gt": means["gt"], "train_acc": means["train_acc"],
                "scale": float(self.head.scale.item()),
                "episodes_per_s": m.batches_per_epoch * m.episodes_per_batch / elapsed, "epoch_s": elapsed}
+        row.update({term: means[term] for term in self.objective.terms})  # each objective's declared terms
         if self.teacher is not None:
-            row.update(kd=means["kd"], train_agreement=means["train_agreement"])
+            row.update(train_agreement=means["train_agreement"])
         if self.objective.sample_weight is not None:
-            row.update(align=means["align"], weight_mean=means["weight_mean"])
+            row.update(weight_mean=means["weight_mean"])
         return row
 
     def state_dict(self) -> dict[str, Any]:

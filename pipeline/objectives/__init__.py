@@ -268,3 +268,7 @@ def build_objective(name: str, **params: Any) -> Objective:
     cls = OBJECTIVES[name]
     own = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in params.items() if k in own})
+
+
+# the comparison objectives register themselves on import (they subclass KD above)
+from pipeline.objectives import baselines as _baselines  # noqa: E402,F401

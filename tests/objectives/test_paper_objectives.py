@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.objectives import build_objective
+from tests.objectives.test_baseline_objectives import BASELINE_GOLDEN_TESTS
 
 
 def _softmax(z: np.ndarray, t: float = 1.0) -> np.ndarray:
@@ -178,7 +179,11 @@ def test_augconf_alpha_matches_upstream():
             assert obj.augconf_alpha(e, E) == pytest.approx(alpha, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["vanilla", "kd", "augconf", "adaptconf"])
+ALL = ["vanilla", "kd", "augconf", "adaptconf", "logconf", "product", "bootstrap_soft", "bootstrap_hard", "dkd"]
+WITH_TEACHER = ALL[1:]
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_huge_logits_finite(name):
     g = torch.Generator().manual_seed(2)
     zs = (torch.randn(8, 10, generator=g) * 1e4).requires_grad_()
@@ -189,10 +194,10 @@ def test_huge_logits_finite(name):
     assert torch.isfinite(zs.grad).all()
 
 
-@pytest.mark.parametrize("name", ["kd", "augconf", "adaptconf"])
+@pytest.mark.parametrize("name", WITH_TEACHER)
 def test_gt_weight_zero_drops_ground_truth(batch, name):
     zs, zt, y = batch
-    obj = build_objective(name, gt_weight=0.0)
+    obj = build_objective(name, gt_weight=0.0, dkd_target="teacher")
     a = obj(_t(zs), _t(zt), torch.tensor(y), epoch=1, epochs=4).total
     b = obj(_t(zs), _t(zt), torch.tensor((y + 1) % 5), epoch=1, epochs=4).total
     assert a.item() == b.item()
@@ -212,14 +217,15 @@ def test_float16_teacher_accepted(batch):
 
 
 def test_bad_objective_name():
-    with pytest.raises(ValueError, match="valid: vanilla, kd, augconf, adaptconf"):
+    with pytest.raises(ValueError, match="valid: vanilla, kd, augconf, adaptconf, logconf, product, bootstrap_soft, "
+                                         "bootstrap_hard, dkd"):
         build_objective("dkd2")
 
 
 # -- the registry -----------------------------------------------------------------------------
 
 GOLDEN_TESTS = {"vanilla": test_vanilla_golden, "kd": test_kd_golden, "augconf": test_augconf_golden,
-                "adaptconf": test_adaptconf_golden}
+                "adaptconf": test_adaptconf_golden, **BASELINE_GOLDEN_TESTS}
 
 
 def test_every_registered_objective_has_a_golden_test_and_declares_itself():
@@ -257,7 +263,7 @@ def test_config_section_comes_from_the_registry():
     assert all(getattr(ObjectiveConfig(), n) == f.default for n, f in params.items())
     with pytest.raises(ConfigError, match=r"objective.threshold must be > 0, got 0"):
         load_config(None, ["objective.threshold=0"])
-    with pytest.raises(ConfigError, match=r"objective.name must be one of vanilla, kd, augconf, adaptconf"):
+    with pytest.raises(ConfigError, match=r"objective.name must be one of vanilla, kd, augconf, adaptconf, logconf"):
         load_config(None, ["objective.name=dkd2"])
     with pytest.raises(ValueError, match="unknown objective parameter 'tau'"):
         build_objective("kd", tau=2.0)
