@@ -23,6 +23,7 @@ from pipeline.data.timm_augment import POLICIES
 from pipeline.data.views import INTERPOLATIONS, KINDS, TRAIN_INTERPOLATIONS
 from pipeline.scenario import check_scenarios, scenario_sections
 from store.attributes import DTYPES, LAYOUTS
+from store.ensemble import COMBINES
 
 # the choices of keys whose values the core reads; each is checked when a config is loaded
 SUBSETS = ("all", "half_a", "half_b")
@@ -164,6 +165,9 @@ class TeacherConfig:
     ``label_val`` scores the validation split (``data.val_fraction``) against this teacher's predictions
     instead of its ground truth: the weak-supervision stopping rule, which picks an epoch without any
     ground truth (needs ``checkpoint``).
+    ``stores`` (instead of ``store``): several teachers' stores of the same images and views, combined per
+    row by ``combine`` (mean, weighted with ``weights``, max_confidence; ``store/ensemble.py``). Each is
+    checked against the run as a single store is, except for the teacher's weights (no ``checkpoint``).
     """
 
     checkpoint: str | None = None
@@ -179,6 +183,9 @@ class TeacherConfig:
     read_buffer: str = setting("double", choices=READ_BUFFERS)
     input: str = setting("own", choices=TEACHER_INPUTS)
     label_val: bool = False
+    stores: list[str] = setting(factory=list)
+    combine: str = setting("mean", choices=COMBINES)
+    weights: list[float] = setting(factory=list)
 
 
 def _objective_fields() -> list[tuple[str, Any, Any]]:

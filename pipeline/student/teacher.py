@@ -19,6 +19,7 @@ from pipeline.data.sources.base import Source
 from pipeline.student.specs import dataset_record, fed_teacher_meta, teacher_spec, view_policy
 from pipeline.data.views import ViewPolicy
 from store.backends import open_store
+from store.ensemble import TeacherEnsemble
 from store.chunks import StoreError
 from store.protocol import Store
 
@@ -54,17 +55,36 @@ def open_teacher(cfg: Config, objective: Objective, train_src: Source,
     elif mode == "online":
         raise RunError("teacher.mode is online but teacher.checkpoint is not set")
     if mode == "store":
-        if not cfg.teacher.store:
-            raise RunError("teacher.store is not set; run `w2s infer-teacher` and point teacher.store at its output")
-        t.store = open_store(cfg.teacher.store)
-        policy = view_policy(cfg, seed=t.store.attrs.get("view_policy", {}).get("seed"))
+        paths = _store_paths(cfg)
+        stores = [open_store(p) for p in paths]
+        policy = view_policy(cfg, seed=stores[0].attrs.get("view_policy", {}).get("seed"))
         expected: dict[str, Any] = {"dataset": dataset_record(train_src), "view_policy": policy.describe()}
         if t.meta is not None:
             spec = teacher_spec(train_src, t.meta)
             expected["teacher"] = {"sha256": t.sha256, "mean": list(spec.mean), "std": list(spec.std),
                                    "input_size": spec.size[0]}
-        t.store.check_matches(expected)
-        if t.store.num_classes != train_src.num_classes:
-            raise StoreError(f"store has {t.store.num_classes} classes but {train_src.name} has {train_src.num_classes}")
+        for store in stores:
+            store.check_matches(expected)
+            if store.num_classes != train_src.num_classes:
+                raise StoreError(f"store {store.path} has {store.num_classes} classes but {train_src.name} has "
+                                 f"{train_src.num_classes}")
+        t.store = stores[0] if len(stores) == 1 else TeacherEnsemble(stores, cfg.teacher.combine, cfg.teacher.weights)
         return t, policy
     return t, view_policy(cfg)
+
+
+def _store_paths(cfg: Config) -> list[str]:
+    """``teacher.store``, or the stores of ``teacher.stores`` (co-supervision, no single teacher's weights)."""
+    tc = cfg.teacher
+    if tc.stores:
+        if tc.store:
+            raise RunError("teacher.store and teacher.stores are both set; keep one (stores: several teachers)")
+        if len(tc.stores) < 2:
+            raise RunError("teacher.stores needs at least two stores; a single one goes in teacher.store")
+        if tc.checkpoint:
+            raise RunError("teacher.stores combines several teachers, so teacher.checkpoint (one teacher's weights) "
+                           "cannot check them; leave it unset (each store is still checked against the run)")
+        return list(tc.stores)
+    if not tc.store:
+        raise RunError("teacher.store is not set; run `w2s infer-teacher` and point teacher.store at its output")
+    return [tc.store]
