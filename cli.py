@@ -297,14 +297,17 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
          data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
          seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean +- std, paired tests)"),
          regime: str = typer.Option("teacher_only", "--regime",
-                                    help="teacher_only (OpenAI's: the teacher's labels alone) or paper (ground truth + "
-                                         "a teacher 1.1-1.45 times the ceiling's error); docs/demo.md")) -> None:
+                                    help="teacher_only (OpenAI's: the teacher's labels alone), paper (ground truth + a "
+                                         "teacher 1.1-1.45 times the ceiling's error), finetune / probe (the SimCLR "
+                                         "prior from the teacher alone), comma-separated, or all; docs/demo.md")) -> None:
     """Weak teacher -> KD / AugConf / AdaptConf students vs. a strong ceiling on Fashion-MNIST, with PGR."""
     def go() -> None:
-        from pipeline.experiments.demo import run_demo
+        from pipeline.experiments.demo import REGIMES, run_demo
 
-        run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
-                 console=console, regime=regime)
+        names = list(REGIMES) if regime == "all" else [r.strip() for r in regime.split(",")]
+        for name in names:
+            run_demo(output, quick=quick, data_dir=str(data_dir) if data_dir else None, seeds=_seeds(seeds),
+                     console=console, regime=name)
     _guard(go, RERUN_HINT)
 
 

@@ -79,7 +79,7 @@ def test_paper_regime_table_reports_the_stopping_rule_and_every_pair_against_the
 
 def test_demo_refuses_an_unknown_regime_and_quick_outside_teacher_only(tmp_path):
     bad = invoke(["demo", "--regime", "nope", "--output", str(tmp_path)])
-    assert bad.exit_code != 0 and "unknown regime 'nope': choose one of teacher_only, paper" in bad.output
+    assert bad.exit_code != 0 and "unknown regime 'nope': choose one of teacher_only, paper, finetune, probe" in bad.output
     bad = invoke(["demo", "--regime", "paper", "--quick", "--output", str(tmp_path)])
     assert bad.exit_code != 0 and "--quick is the teacher-only regime's short run" in bad.output
 
