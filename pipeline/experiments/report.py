@@ -210,6 +210,37 @@ def plot_curves(groups: list[Group], path: Path, extra: list[RunResult] = ()) ->
     plt.close(fig)
 
 
+def plot_mean_curves(groups: list[Group], path: Path, extra: list[Group] = ()) -> bool:
+    """Test accuracy per epoch, mean over each group's seeds with its min-max band (written when some group
+    has two seeds or more, where the per-run figure gets crowded); whether it was written."""
+    groups = [*extra, *groups]
+    if not any(len(g.runs) > 1 for g in groups):
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, g in enumerate(groups):
+        curves = [[100 * h["test_acc"] for h in r.history if "epoch" in h and "test_acc" in h] for r in g.runs]
+        n = min((len(c) for c in curves), default=0)
+        if not n:
+            continue
+        acc = np.array([c[:n] for c in curves])
+        epochs = np.arange(1, n + 1)
+        color = colors[i % len(colors)]
+        ax.plot(epochs, acc.mean(0), color=color, label=f"{g.label} ({len(g.runs)} seeds)")
+        ax.fill_between(epochs, acc.min(0), acc.max(0), color=color, alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%), mean over seeds (band: min-max)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path, weak: float | None, ceiling: float | None) -> None:
     """Last-epoch test accuracy per configuration (error bars: std over seeds), weak and ceiling lines; PGR labels."""
     plt = _plt()
@@ -278,6 +309,8 @@ def report(paths: list[str | Path], out: str | Path, weak_paths: list[str | Path
     out = Path(out)
     write_tables(rows, out, pairs)
     plot_curves(groups, out / "curves.png", extra=[*weak_runs, *ceiling_runs])
+    plot_mean_curves(groups, out / "curves_mean.png",
+                     extra=[Group(name, list(rs)) for name, rs in (("ceiling", ceiling_runs),) if rs])
     w = weak if weak is not None else (rows[0]["weak_acc"] if rows else None)
     plot_accuracy_bars(rows, out / "accuracy_pgr.png", w, ceiling)
     plot_beta(groups, out / "beta.png")

@@ -122,7 +122,7 @@ def test_report_table_files_and_figures(setup):
     text = _ok(["report", str(sweep_dir), "--weak", str(out / "teacher"), "--ceiling", str(out / "ceiling"),
                 "--output", str(rep)])
     assert "| name=kd | 2 |" in text and "| name=adaptconf | 2 |" in text
-    for f in ("report.csv", "report.parquet", "report.md", "curves.png", "accuracy_pgr.png", "beta.png"):
+    for f in ("report.csv", "report.parquet", "report.md", "curves.png", "curves_mean.png", "accuracy_pgr.png", "beta.png"):
         assert (rep / f).exists(), f
     table = pq.read_table(rep / "report.parquet").to_pylist()
     runs = find_runs([sweep_dir])
