@@ -36,6 +36,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from pipeline.config.schema import Config, load_config
+from pipeline.engine.checkpoint import write_json
 from pipeline.infer_teacher import infer
 from pipeline.experiments.regimes import ALPHA, error_ratio, paper_regime, teacher_only_regime
 from pipeline.experiments.report import pgr, plus_minus, report
@@ -160,6 +161,7 @@ def run_demo(output: str | Path, quick: bool = False, data_dir: str | None = Non
         run_teacher_and_ceiling(spec, out / f"seed{seed}", seed, quick, data_dir, console)
         _run_students(spec, out / f"seed{seed}", seed, quick, data_dir, console)
     table = demo_table([out / f"seed{s}" for s in seeds], spec)
+    write_json(report_dir / "demo.json", demo_record([out / f"seed{s}" for s in seeds], spec))
     report([out / f"seed{s}" / st.name for s in seeds for st in spec.students], report_dir,
            weak_paths=[out / f"seed{s}" / "weak_teacher" for s in seeds],
            ceiling_paths=[out / f"seed{s}" / spec.ceiling_run for s in seeds], label_of=lambda r: r.path.name)
@@ -222,6 +224,19 @@ def _run_students(spec: Regime, out: Path, seed: int, quick: bool, data_dir: str
         _step(spec, seed, f"{st.label} student", d, console, lambda st=st, d=d: train(
             _config(spec, st.config, strong + teacher_args + list(st.overrides) + [f"run.output={d}"]),
             role="student", resume=True, console=console))
+
+
+def demo_record(seed_dirs: list[Path], spec: Regime) -> dict[str, Any]:
+    """What a regime's table rests on, per seed and run (``report/demo.json``; shipped copies in docs/results/
+    are checked against the rule by the tests): test accuracy, agreement and the stopping rule's epoch."""
+    runs = ["weak_teacher", spec.ceiling_run, *(s.name for s in spec.students)]
+    seeds: dict[str, dict[str, Any]] = {}
+    for d in seed_dirs:
+        seeds[d.name.removeprefix("seed")] = {
+            n: {k: load_run(d / n).result.get(k) for k in ("test_acc", "test_agreement", "best_epoch", "test_acc_at_best")}
+            for n in runs}
+    return {"regime": spec.name, "rule": spec.rule, "teacher": "weak_teacher", "ceiling": spec.ceiling_run,
+            "students": [s.name for s in spec.students], "seeds": seeds}
 
 
 def demo_table(seed_dirs: list[Path], spec: Regime) -> str:

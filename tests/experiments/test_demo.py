@@ -75,6 +75,12 @@ def test_paper_regime_table_reports_the_stopping_rule_and_every_pair_against_the
     for student in ("KD", "AugConf", "AdaptConf"):
         assert f"| ground truth + {student} student - ceiling (`fmnist_cnn`, 5,000 of half B" in table
     assert "| ground truth + AdaptConf student - ground truth + KD student | 2 | +0.65 |" in table
+    from pipeline.experiments.demo import demo_record
+
+    record = demo_record([tmp_path / f"seed{s}" for s in range(2)], PAPER)
+    assert record["seeds"]["1"]["student_gt_kd"] == {"test_acc": 0.873, "test_agreement": 0.8, "best_epoch": 49,
+                                                     "test_acc_at_best": 0.86}
+    assert record["seeds"]["0"]["weak_teacher"]["test_acc"] == 0.845 and record["rule"] == "rule 1 (paper regime)"
 
 
 def test_demo_refuses_an_unknown_regime_and_quick_outside_teacher_only(tmp_path):
