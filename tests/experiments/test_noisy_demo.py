@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.experiments.noisy_demo import METHODS, NOISE_MODES, figure, report
+from pipeline.experiments.noisy_demo import NOISE_MODES, figure, report
 
 ACC = {"ce": (0.70, 0.72, 0.71), "selcl_plus": (0.80, 0.81, 0.83), "selcl_plus_adaptconf": (0.81, 0.83, 0.83),
        "ceiling": (0.86, 0.85, 0.87)}
