@@ -42,7 +42,7 @@ from pipeline.experiments.regimes import ALPHA, error_ratio, paper_regime, teach
 from pipeline.experiments.report import pgr, plus_minus, report
 from pipeline.experiments.runs import load_run
 from pipeline.engine.runtime import stderr_console
-from pipeline.experiments.stats import holm, mean_std, paired_difference
+from pipeline.experiments.stats import holm, mean_std, paired_difference, t_interval
 from pipeline.train_student import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,15 +261,18 @@ def demo_table(seed_dirs: list[Path], spec: Regime) -> str:
                 stop[n].append((r.result["best_epoch"], r.result["test_acc_at_best"]))
     pgrs = {n: [pgr(acc[n][s], acc["weak_teacher"][s], acc[ceiling][s]) for s in acc[n]] for n in names}
     with_stop = any(stop.values())
-    head = "| run | seeds | test acc (%) | PGR | agreement with teacher (%) |"
+    head = "| run | seeds | test acc (%) | PGR | PGR 95% CI | agreement with teacher (%) |"
     lines = [head + (" stopping rule: epochs, test acc (%) |" if with_stop else ""),
-             "|---|---:|---:|---:|---:|" + ("---|" if with_stop else "")]
+             "|---|---:|---:|---:|---|---:|" + ("---|" if with_stop else "")]
     for n in names:
         m, sd, k = mean_std(acc[n].values())
         pm, ps, _ = mean_std(pgrs[n])
+        lo, hi = t_interval(pgrs[n])
         am, _, _ = mean_std(agree[n])
+        student = n not in ("weak_teacher", ceiling)
+        ci = f"[{lo:+.3f}, {hi:+.3f}]" if student and not math.isnan(lo) else ""
         row = (f"| {labels[n]} | {k} | {plus_minus(m, sd)} | "
-               f"{'' if n == 'weak_teacher' else plus_minus(pm, ps, 1.0, 3)} | {plus_minus(am, math.nan)} |")
+               f"{'' if n == 'weak_teacher' else plus_minus(pm, ps, 1.0, 3)} | {ci} | {plus_minus(am, math.nan)} |")
         if with_stop:
             sm, ss, _ = mean_std(a for _, a in stop[n])
             row += (f" {'/'.join(str(e + 1) for e, _ in stop[n])}, {plus_minus(sm, ss)} |" if stop[n] else " |")

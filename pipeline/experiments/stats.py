@@ -24,6 +24,15 @@ def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
+def t_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval for the mean of ``values`` (NaN, NaN with fewer than two)."""
+    v = np.array(list(values), dtype=np.float64)
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """``a - b`` over the seeds both have: mean, 95% CI (NaN with fewer than two pairs), paired-t p-value."""

@@ -50,7 +50,9 @@ def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_pat
                               "student_adaptconf": [0.77, 0.78, 0.76], "student_gt_adaptconf": [0.90, 0.90, 0.89]})
     table = demo_table([tmp_path / f"seed{s}" for s in range(3)], TEACHER_ONLY)
     # PGR per seed of KD: (0.76-0.75)/(0.89-0.75), (0.77-0.76)/(0.90-0.76), (0.75-0.74)/(0.88-0.74) = 1/14 each
-    assert "| KD student | 3 | 76.00 ± 1.00 | 0.071 ± 0.000 | 80.00 |" in table
+    assert "| KD student | 3 | 76.00 ± 1.00 | 0.071 ± 0.000 | [+0.071, +0.071] | 80.00 |" in table
+    # AugConf's PGR per seed: 1/14, 0, 2/14: mean 0.071, s 0.071, t(0.975, 2) = 4.303 -> half-width 0.177
+    assert "| AugConf student | 3 | 76.00 ± 0.00 | 0.071 ± 0.071 | [-0.106, +0.249] | 80.00 |" in table
     assert "error ratio r = err_teacher / err_ceiling: seed 0 2.27, seed 1 2.40, seed 2 2.17" in table
     assert "98.75% CI (Bonferroni, 4 comparisons)" in table
     # gt + AdaptConf - ceiling: +1, 0, +1 points: mean +0.67, s = 0.577, t(0.99375, 2) = 8.860 -> half-width 2.95;

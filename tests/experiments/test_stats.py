@@ -66,3 +66,12 @@ def test_holm_adjusts_step_down_in_the_input_order():
     assert adjusted[4] == pytest.approx(0.02)
     assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
     assert holm([]) == []
+
+
+def test_t_interval_golden():
+    """Mean 2, s = 1 over 3 values: half-width t(0.975, 2) x 1 / sqrt 3 = 4.303 / 1.732 = 2.484."""
+    from pipeline.experiments.stats import t_interval
+
+    lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert (lo, hi) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+    assert all(math.isnan(x) for x in t_interval([1.0]))
