@@ -1,0 +1,39 @@
+"""The shipped results (``docs/results/``) against the rule of docs/demo.md: every embedded setting's recorded
+teacher and ceiling accuracies satisfy the rule it claims, and the tables' regimes are the code's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.experiments.demo import REGIMES
+from pipeline.experiments.regimes import SEEDS, error_ratio, paper_regime
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_the_paper_regime_table_rests_on_five_seeds_each_inside_rule_1():
+    record = _load("demo_paper.json")
+    spec = REGIMES[record["regime"]]
+    assert record["rule"] == spec.rule and record["students"] == [s.name for s in spec.students]
+    assert sorted(int(s) for s in record["seeds"]) == list(SEEDS)  # rule 5: five seeds
+    for seed, runs in record["seeds"].items():
+        teacher, ceiling = runs["weak_teacher"]["test_acc"], runs[record["ceiling"]]["test_acc"]
+        assert paper_regime(teacher, ceiling), f"seed {seed}: r = {error_ratio(teacher, ceiling):.2f}"
+        for student in record["students"]:  # every student was scored, with the teacher-labelled stopping rule
+            assert runs[student]["test_acc"] is not None and runs[student]["best_epoch"] is not None
+
+
+def test_the_paper_regime_table_in_the_docs_is_the_shipped_one():
+    record = _load("demo_paper.json")
+    docs = (RESULTS.parent / "demo.md").read_text()
+    mean = sum(r["weak_teacher"]["test_acc"] for r in record["seeds"].values()) / len(record["seeds"])
+    assert f"| weak teacher (`fmnist_cnn` w8, 30 epochs, 5,000 of half A) | 5 | {100 * mean:.2f} ± " in docs
+    ratios = ", ".join(f"{error_ratio(r['weak_teacher']['test_acc'], r['strong_ceiling']['test_acc']):.2f}"
+                       for _, r in sorted(record["seeds"].items()))
+    assert f"Error ratio per seed: {ratios} (all inside rule 1's" in docs
