@@ -15,7 +15,7 @@ def test_a_teacher_must_be_weaker_for_both_shot_counts():
     assert qualifies({"1": 0.60, "5": 0.76}, CEILING)  # 1.18 and 1.14
     # far from chance (0.25): 1-shot needs >= 0.25 + 0.5 x (0.66 - 0.25) = 0.455
     assert not qualifies({"1": 0.45, "5": 0.70}, CEILING) and qualifies({"1": 0.46, "5": 0.70}, CEILING)
-    assert HIDDEN[0] == 256 and list(HIDDEN) == sorted(HIDDEN, reverse=True)  # today's teacher first, strongest first
+    assert HIDDEN[0] == 256 and list(HIDDEN) == sorted(HIDDEN, reverse=True)  # the old default first, strongest first
 
 
 def test_selection_table_marks_the_choice_and_says_when_none_qualifies():

@@ -37,3 +37,32 @@ def test_the_paper_regime_table_in_the_docs_is_the_shipped_one():
     ratios = ", ".join(f"{error_ratio(r['weak_teacher']['test_acc'], r['strong_ceiling']['test_acc']):.2f}"
                        for _, r in sorted(record["seeds"].items()))
     assert f"Error ratio per seed: {ratios} (all inside rule 1's" in docs
+
+
+def test_every_other_embedded_setting_was_checked_and_the_docs_say_which_fails():
+    """Seed 0's teacher and ceiling of the teacher-only, pretrained and noisy-label settings (select-settings
+    --scenario regimes): each verdict is the rule's, the defaults hold, and a failing regime is reported."""
+    from pipeline.experiments.regimes import teacher_only_regime, weaker_than_student
+
+    record = _load("rule_checks.json")
+    assert set(record) == {"teacher_only", "finetune", "probe", "noisy_symmetric", "noisy_asym_next"}
+    for name, v in record.items():
+        rule = weaker_than_student if name.startswith("noisy") else teacher_only_regime
+        assert v["ratio"] == pytest.approx(error_ratio(v["teacher_acc"], v["ceiling_acc"]))
+        assert v["holds"] == rule(v["teacher_acc"], v["ceiling_acc"], 10), name
+    assert all(record[n]["holds"] for n in ("teacher_only", "finetune", "noisy_symmetric", "noisy_asym_next"))
+    assert not record["probe"]["holds"]
+    assert "`probe` regime is not reached" in (RESULTS.parent / "demo.md").read_text()
+
+
+def test_the_few_shot_default_teacher_is_the_one_rule_4_chose():
+    from pipeline.config.schema import load_config
+    from pipeline.experiments.few_shot_selection import CONFIG_DIR, qualifies
+
+    record = _load("few_shot_selection.json")
+    for name, t in record["teachers"].items():
+        assert t["qualifies"] == qualifies(t["episodic"], record["ceiling"]), name
+    first = next(n for n, t in record["teachers"].items() if t["qualifies"])  # the strongest qualifying one
+    assert record["chosen_teacher"] == first and record["teachers"][first]["hidden"] == record["chosen_hidden"]
+    teacher = load_config(CONFIG_DIR / "fmnist_teacher_mlp.yaml")
+    assert teacher.model.name == "fmnist_mlp" and teacher.model.kwargs == {"hidden": record["chosen_hidden"]}
