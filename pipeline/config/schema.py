@@ -185,7 +185,7 @@ class TeacherConfig:
     label_val: bool = False
     stores: list[str] = setting(factory=list)
     combine: str = setting("mean", choices=COMBINES)
-    weights: list[float] = setting(factory=list)
+    weights: list[float] = setting(factory=list, check=at_least(0))
 
 
 def _objective_fields() -> list[tuple[str, Any, Any]]:

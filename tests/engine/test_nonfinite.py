@@ -74,7 +74,7 @@ BAD_FEW_SHOT = [
     ("meta.momentum=1", "meta.momentum"), ("meta.weight_decay=-1", "meta.weight_decay"),
     ("meta.kd_temperature=.inf", "meta.kd_temperature"), ("meta.threshold=0", "meta.threshold"),
     ("meta.warmup_rate=2", "meta.warmup_rate"), ("meta.kd_weight=-1", "meta.kd_weight"),
-    ("meta.gt_weight=-1", "meta.gt_weight"), ("meta.objective=dkd", "meta.objective"),
+    ("meta.gt_weight=-1", "meta.gt_weight"), ("meta.objective=dkd3", "meta.objective"),
     ("meta.warmup_style=linear", "meta.warmup_style"), ("episodes.n_way=1", "episodes.n_way"), ("episodes.shots=[]", "episodes.shots"),
     ("episodes.shots=[1, 0]", "episodes.shots[1]"), ("episodes.n_query=0", "episodes.n_query"),
     ("episodes.episodes=0", "episodes.episodes"), ("episodes.batch_size=0", "episodes.batch_size"),
@@ -213,7 +213,7 @@ def test_few_shot_meta_stops_at_a_nan_loss(fmnist_dir: Path, tmp_path: Path, mon
         inner, calls = build(*args, **kwargs), []
 
         class Poisoned:
-            name, needs_teacher, sample_weight = inner.name, inner.needs_teacher, inner.sample_weight
+            name, needs_teacher, sample_weight, terms = inner.name, inner.needs_teacher, inner.sample_weight, inner.terms
 
             def __call__(self, *a, epoch, **k):  # type: ignore[no-untyped-def]
                 out = inner(*a, epoch=epoch, **k)
