@@ -82,9 +82,15 @@ class Regime:
 
     def holds(self, teacher_acc: float, ceiling_acc: float) -> bool:
         """Whether a teacher and ceiling meet the regime's rule."""
-        if self.rule == "rule 1 (paper regime)":
-            return paper_regime(teacher_acc, ceiling_acc)
-        return teacher_only_regime(teacher_acc, ceiling_acc, NUM_CLASSES)
+        return RULES[self.rule](teacher_acc, ceiling_acc)
+
+
+# each regime's rule (docs/demo.md) by the name its tables print
+RULES: dict[str, Callable[[float, float], bool]] = {
+    "rule 1 (paper regime)": paper_regime,
+    "rule 2 (teacher-only)": lambda t, c: teacher_only_regime(t, c, NUM_CLASSES),
+    "rule 3 (pretrained student)": lambda t, c: teacher_only_regime(t, c, NUM_CLASSES),
+}
 
 
 WEAK_ONLY = (Student("student_kd", "KD", "student_kd"),
@@ -113,9 +119,12 @@ def _pretrained(name: str, label: str, extra: tuple[str, ...], ceiling: str) -> 
     """A rule-3 regime: the SimCLR prior fine-tuned or probed from the teacher-only regime's teacher and store,
     10 % held out (rule 6: labelled by the teacher for students, ground truth for the ceiling)."""
     prior = (f"model.pretrained={PRIOR}", "data.val_fraction=0.1", *extra)
-    students = tuple(Student(f"{name}_{s.name.removeprefix('student_')}", f"{label} {s.label}", s.config,
-                             (*prior, "teacher.label_val=true")) for s in WEAK_ONLY)
-    run = lambda a: f"{name}_{a.removeprefix('student_')}"  # noqa: E731
+
+    def run(student: str) -> str:
+        return f"{name}_{student.removeprefix('student_')}"
+
+    students = tuple(Student(run(s.name), f"{label} {s.label}", s.config, (*prior, "teacher.label_val=true"))
+                     for s in WEAK_ONLY)
     return Regime(name, CONFIG_DIR, "teacher_linear", TEACHER_ONLY.teacher_label,
                   f"ceiling ({label}, half B, ground truth)", students,
                   tuple((run(a), run(b)) for a, b in OBJECTIVE_ORDER), "rule 3 (pretrained student)",
