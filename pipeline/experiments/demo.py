@@ -358,7 +358,8 @@ def demo_table(seed_dirs: list[Path], spec: Regime) -> str:
         ratios = ", ".join(f"seed {s} {error_ratio(acc[t][s], acc[ceiling][s]):.2f}"
                            + ("" if spec.holds(acc[t][s], acc[ceiling][s]) else f" (fails {spec.rule})")
                            for s in sorted(acc[t]))
-        lines += ["", f"error ratio r = err_teacher / err_ceiling ({labels[t]}): {ratios}"]
+        which = f" ({labels[t]})" if spec.second_teacher else ""
+        lines += ["", f"error ratio r = err_teacher / err_ceiling{which}: {ratios}"]
     pairs = [(a, b) for a, b in spec.pairs if a in names and b in names]
     diffs = [paired_difference(acc[a], acc[b]) for a, b in pairs]
     m = len(pairs)

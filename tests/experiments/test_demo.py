@@ -40,6 +40,18 @@ def _write_results(root, acc, extra=None):
             (d / "result.json").write_text(json.dumps({"test_acc": a, "test_agreement": 0.8, **(extra or {})}))
 
 
+def _write_configs(spec, out, runs):
+    """The config.yaml the demo would write for each of ``runs`` (name -> overrides) of seed 0 under ``out``."""
+    import yaml
+
+    from pipeline.experiments.demo import _config
+
+    for run, overrides in runs.items():
+        name = spec.teacher if run == "weak_teacher" else spec.ceiling
+        cfg = _config(spec, name, ["run.seed=0", *overrides, f"run.output={out / run}"])
+        (out / run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+
+
 def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_path):
     """The teacher-only table on written results: 3 seeds, PGR per seed, paired rows with hand-checked values,
     Bonferroni intervals and Holm-adjusted p-values over the table's 4 comparisons."""
@@ -68,7 +80,7 @@ def test_paper_regime_table_reports_the_stopping_rule_and_every_pair_against_the
     _write_results(tmp_path, {"weak_teacher": [0.845, 0.85], "strong_ceiling": [0.878, 0.88]})
     _write_results(tmp_path, {"student_gt_kd": [0.871, 0.873], "student_gt_augconf": [0.875, 0.874],
                               "student_gt_adaptconf": [0.878, 0.879]},
-                   extra={"best_epoch": 49, "test_acc_at_best": 0.86})
+                   extra={"best_epoch": 49, "test_acc_at_best": 0.86, "val_labels": "teacher"})
     table = demo_table([tmp_path / f"seed{s}" for s in range(2)], PAPER)
     assert "| ground truth + KD student | 2 | 87.20 ± 0.14 | " in table
     assert table.splitlines()[0].endswith("stopping rule: epochs, test acc (%) |")
@@ -97,6 +109,7 @@ def test_a_regime_whose_seed0_teacher_fails_its_rule_trains_no_student(tmp_path)
     from pipeline.experiments.demo import PROBE, run_demo
 
     _write_results(tmp_path / "full", {"weak_teacher": [0.758], "probe_ceiling": [0.765]})
+    _write_configs(PROBE, tmp_path / "full" / "seed0", {"weak_teacher": [], "probe_ceiling": PROBE.ceiling_overrides})
     text = run_demo(tmp_path, regime="probe", seeds=(0, 1))
     assert text.startswith("probe regime not reached: seed 0's teacher 75.80 % and ceiling 76.50 % (r = 1.03) fail "
                            "rule 3 (pretrained student) of docs/demo.md")
@@ -124,3 +137,70 @@ def test_pretrained_regimes_start_from_the_shipped_prior_and_hold_out_a_teacher_
             # a student and its ceiling differ only in what teaches them
             same = {k: v for k, v in asdict(cfg.optim).items()} == asdict(ceiling.optim)
             assert same and cfg.data.subset == ceiling.data.subset == "half_b"
+
+
+def test_objectives_regime_runs_each_objective_at_its_defaults_beside_the_teacher_only_runs():
+    """Rule 7: the same recipe with only the objective changed, dkd's warm-up as mdistiller's share of training,
+    the second teacher by rule 2, the two-store students without a teacher-scored hold-out, 11 comparisons."""
+    from pipeline.config.schema import load_config
+    from pipeline.experiments.demo import CONFIG_DIR, OBJECTIVES, TEACHER_ONLY
+
+    assert OBJECTIVES.dir_name == TEACHER_ONLY.dir_name == "full" and OBJECTIVES.teacher == TEACHER_ONLY.teacher
+    assert OBJECTIVES.ceiling_overrides == TEACHER_ONLY.ceiling_overrides == ("data.val_fraction=0.1",)
+    shared = {s.name: s for s in TEACHER_ONLY.students}
+    out = "runs/x/seed0"
+    cfgs = {}
+    for st in OBJECTIVES.students:
+        if st.name in shared:  # the teacher-only regime's own runs, with the same settings
+            assert st == shared[st.name]
+        cfgs[st.name] = load_config(CONFIG_DIR / f"{st.config}.yaml", [o.format(out=out) for o in st.overrides])
+    kd = cfgs["student_kd"]
+    names = {n: c.objective.name for n, c in cfgs.items()}
+    assert {"logconf", "product", "bootstrap_soft", "bootstrap_hard", "dkd"} <= set(names.values())
+    for n, c in cfgs.items():
+        assert c.objective.gt_weight == 0 and c.data.val_fraction == 0.1 and c.optim == kd.optim
+    assert cfgs["student_dkd"].objective.dkd_target == "teacher"
+    assert abs(cfgs["student_dkd"].objective.dkd_warmup - 10 * 20 / 240) < 1e-4  # CFG.DKD.WARMUP / CFG.SOLVER.EPOCHS
+    assert cfgs["student_mlp_adaptconf"].teacher.checkpoint == f"{out}/weak_teacher_2"
+    for combine in ("mean", "max_confidence"):
+        c = cfgs[f"student_two_{combine}"]
+        assert c.teacher.stores == [f"{out}/store", f"{out}/store_2"] and c.teacher.combine == combine
+        assert c.teacher.checkpoint is None and not c.teacher.label_val
+    second = load_config(CONFIG_DIR / f"{OBJECTIVES.second_teacher}.yaml", list(OBJECTIVES.second_teacher_overrides))
+    assert second.model.name == "fmnist_mlp" and second.model.kwargs == {"hidden": 16}
+    assert len(OBJECTIVES.pairs) == 11 and len(set(OBJECTIVES.pairs)) == 11
+    assert sum(b == "student_adaptconf" for _, b in OBJECTIVES.pairs) == 9
+
+
+def test_objectives_table_leaves_out_a_ground_truth_picked_epoch_and_reports_the_second_teacher(tmp_path):
+    from pipeline.experiments.demo import OBJECTIVES, demo_record, demo_table
+
+    runs = ["weak_teacher", "weak_teacher_2", "strong_ceiling", *(s.name for s in OBJECTIVES.students)]
+    _write_results(tmp_path, {n: [0.76 + 0.001 * i, 0.77 + 0.002 * i] for i, n in enumerate(runs)},
+                   extra={"best_epoch": 4, "test_acc_at_best": 0.75, "val_labels": "teacher"})
+    for seed in (0, 1):
+        for combine in ("mean", "max_confidence"):  # scored against ground truth: not a weak-supervision rule
+            path = tmp_path / f"seed{seed}" / f"student_two_{combine}" / "result.json"
+            path.write_text(path.read_text().replace('"val_labels": "teacher"', '"val_labels": "ground_truth"'))
+    table = demo_table([tmp_path / f"seed{s}" for s in range(2)], OBJECTIVES)
+    assert "(Bonferroni, 11 comparisons)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| AdaptConf (both teachers, mean) student |"))
+    assert row.endswith("| |")  # no stopping-rule entry
+    assert next(line for line in table.splitlines() if line.startswith("| DKD student |")).endswith("| 5/5, 75.00 ± 0.00 |")
+    assert "error ratio r = err_teacher / err_ceiling (second weak teacher (`fmnist_mlp` hidden 16, half A)): " in table
+    assert demo_record([tmp_path / f"seed{s}" for s in range(2)], OBJECTIVES)["second_teacher"] == "weak_teacher_2"
+
+
+def test_a_finished_run_made_with_other_settings_is_refused_not_reused(tmp_path):
+    """A changed config (here rule 6's hold-out) must not put an old run's numbers into the new table."""
+    import pytest
+
+    from pipeline.engine.runtime import RunError, stderr_console
+    from pipeline.experiments.demo import TEACHER_ONLY, run_teacher_and_ceiling
+
+    out = tmp_path / "seed0"
+    _write_results(tmp_path, {"weak_teacher": [0.758], "strong_ceiling": [0.89]})
+    _write_configs(TEACHER_ONLY, out, {"weak_teacher": [], "strong_ceiling": ["data.val_fraction=0.0"]})
+    with pytest.raises(RunError, match=r"strong_ceiling is finished with data.val_fraction = 0.0, but the demo now "
+                                        r"sets 0.1; move it away"):
+        run_teacher_and_ceiling(TEACHER_ONLY, out, 0, False, None, stderr_console())
