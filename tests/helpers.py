@@ -3,6 +3,7 @@ and damaging one chunk of a store.  Fixtures stay in ``conftest.py``; the in-pro
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import signal
@@ -63,6 +64,20 @@ def trained_teacher(out: Path, data_dir: Path | str, **sections: Mapping[str, An
 
 
 # ------------------------------------------------------------------------ w2s in a child process
+
+def finished_demo_run(spec: Any, out: Path, run: str, acc: float, seed: int = 0) -> None:
+    """A finished ``w2s demo`` teacher or ceiling run of ``spec`` (a Regime) under ``out``: the result and the
+    config.yaml the demo would write, so the demo reuses it instead of training."""
+    from pipeline.experiments.demo import _config
+
+    name, extra = ((spec.teacher, ()) if run == "weak_teacher" else
+                   (spec.second_teacher, spec.second_teacher_overrides) if run == "weak_teacher_2" else
+                   (spec.ceiling, spec.ceiling_overrides))
+    cfg = _config(spec, name, [f"run.seed={seed}", *extra, f"run.output={out / run}"])
+    (out / run).mkdir(parents=True, exist_ok=True)
+    (out / run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (out / run / "result.json").write_text(json.dumps({"test_acc": acc}))
+
 
 def w2s_cmd(*args: str, nproc: int = 1) -> list[str]:
     """The command line of ``w2s ARGS``: ``python cli.py``, or torchrun (standalone) with ``nproc`` > 1."""

@@ -5,6 +5,7 @@ import json
 
 from pipeline.experiments.demo import QUICK_EPOCHS, WEAK_ONLY
 from tests.cli_run import invoke
+from tests.helpers import finished_demo_run
 
 
 def test_quick_demo_over_two_seeds_reports_spread_and_pairs(fmnist_dir, tmp_path):
@@ -38,18 +39,6 @@ def _write_results(root, acc, extra=None):
             d = root / f"seed{seed}" / name
             d.mkdir(parents=True)
             (d / "result.json").write_text(json.dumps({"test_acc": a, "test_agreement": 0.8, **(extra or {})}))
-
-
-def _write_configs(spec, out, runs):
-    """The config.yaml the demo would write for each of ``runs`` (name -> overrides) of seed 0 under ``out``."""
-    import yaml
-
-    from pipeline.experiments.demo import _config
-
-    for run, overrides in runs.items():
-        name = spec.teacher if run == "weak_teacher" else spec.ceiling
-        cfg = _config(spec, name, ["run.seed=0", *overrides, f"run.output={out / run}"])
-        (out / run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
 
 
 def test_full_demo_table_pairs_the_ground_truth_student_with_the_ceiling(tmp_path):
@@ -108,8 +97,8 @@ def test_a_regime_whose_seed0_teacher_fails_its_rule_trains_no_student(tmp_path)
     """The probe's seed-0 ceiling barely beats the teacher (r = 1.03 < 1.5): not reached, no student, no store."""
     from pipeline.experiments.demo import PROBE, run_demo
 
-    _write_results(tmp_path / "full", {"weak_teacher": [0.758], "probe_ceiling": [0.765]})
-    _write_configs(PROBE, tmp_path / "full" / "seed0", {"weak_teacher": [], "probe_ceiling": PROBE.ceiling_overrides})
+    for run, acc in (("weak_teacher", 0.758), ("probe_ceiling", 0.765)):
+        finished_demo_run(PROBE, tmp_path / "full" / "seed0", run, acc)
     text = run_demo(tmp_path, regime="probe", seeds=(0, 1))
     assert text.startswith("probe regime not reached: seed 0's teacher 75.80 % and ceiling 76.50 % (r = 1.03) fail "
                            "rule 3 (pretrained student) of docs/demo.md")
@@ -193,14 +182,16 @@ def test_objectives_table_leaves_out_a_ground_truth_picked_epoch_and_reports_the
 
 def test_a_finished_run_made_with_other_settings_is_refused_not_reused(tmp_path):
     """A changed config (here rule 6's hold-out) must not put an old run's numbers into the new table."""
+    from dataclasses import replace
+
     import pytest
 
     from pipeline.engine.runtime import RunError, stderr_console
     from pipeline.experiments.demo import TEACHER_ONLY, run_teacher_and_ceiling
 
     out = tmp_path / "seed0"
-    _write_results(tmp_path, {"weak_teacher": [0.758], "strong_ceiling": [0.89]})
-    _write_configs(TEACHER_ONLY, out, {"weak_teacher": [], "strong_ceiling": ["data.val_fraction=0.0"]})
+    finished_demo_run(TEACHER_ONLY, out, "weak_teacher", 0.758)
+    finished_demo_run(replace(TEACHER_ONLY, ceiling_overrides=("data.val_fraction=0.0",)), out, "strong_ceiling", 0.89)
     with pytest.raises(RunError, match=r"strong_ceiling is finished with data.val_fraction = 0.0, but the demo now "
                                         r"sets 0.1; move it away"):
         run_teacher_and_ceiling(TEACHER_ONLY, out, 0, False, None, stderr_console())

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.experiments.demo import FINETUNE, PROBE, TEACHER_ONLY
 from pipeline.experiments.rule_checks import check_regimes
+from tests.helpers import finished_demo_run
 
 
 def _result(d: Path, acc: float) -> None:
@@ -16,9 +18,9 @@ def _result(d: Path, acc: float) -> None:
 
 def test_finished_runs_are_checked_without_training(tmp_path, capsys):
     seed0 = tmp_path / "demo" / "full" / "seed0"
-    for name, acc in (("weak_teacher", 0.758), ("strong_ceiling", 0.894), ("finetune_ceiling", 0.90),
-                      ("probe_ceiling", 0.764)):
-        _result(seed0 / name, acc)
+    for spec, name, acc in ((TEACHER_ONLY, "weak_teacher", 0.758), (TEACHER_ONLY, "strong_ceiling", 0.894),
+                            (FINETUNE, "finetune_ceiling", 0.90), (PROBE, "probe_ceiling", 0.764)):
+        finished_demo_run(spec, seed0, name, acc)
     for noise, teacher in (("symmetric", 0.707), ("asym_next", 0.85)):
         _result(tmp_path / "noisy_demo" / noise / "seed0" / "selcl_mlp", teacher)
         _result(tmp_path / "noisy_demo" / noise / "seed0" / "ceiling", 0.86)
