@@ -299,7 +299,8 @@ def demo(quick: bool = typer.Option(False, "--quick", help="a smaller run that f
          regime: str = typer.Option("teacher_only", "--regime",
                                     help="teacher_only (OpenAI's: the teacher's labels alone), paper (ground truth + a "
                                          "teacher 1.1-1.45 times the ceiling's error), finetune / probe (the SimCLR "
-                                         "prior from the teacher alone), comma-separated, or all; docs/demo.md")) -> None:
+                                         "prior from the teacher alone), objectives (every objective and two teachers "
+                                         "beside teacher_only), comma-separated, or all; docs/demo.md")) -> None:
     """Weak teacher -> KD / AugConf / AdaptConf students vs. a strong ceiling on Fashion-MNIST, with PGR."""
     def go() -> None:
         from pipeline.experiments.demo import REGIMES, run_demo
