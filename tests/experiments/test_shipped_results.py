@@ -66,3 +66,24 @@ def test_the_few_shot_default_teacher_is_the_one_rule_4_chose():
     assert record["chosen_teacher"] == first and record["teachers"][first]["hidden"] == record["chosen_hidden"]
     teacher = load_config(CONFIG_DIR / "fmnist_teacher_mlp.yaml")
     assert teacher.model.name == "fmnist_mlp" and teacher.model.kwargs == {"hidden": record["chosen_hidden"]}
+
+
+@pytest.mark.parametrize("name, doc", [("demo_objectives.json", "objectives.md"), ("demo_teacher_only.json", "demo.md")])
+def test_the_teacher_only_tables_rest_on_five_seeds_each_inside_rule_2(name, doc):
+    """Rule 7: the teacher-only table and the objectives' comparison, every teacher (the second one too) clearly
+    weaker than each seed's ceiling and far from chance; the docs' table is the shipped record's."""
+    from pipeline.experiments.regimes import teacher_only_regime
+
+    record = _load(name)
+    spec = REGIMES[record["regime"]]
+    assert record["rule"] == spec.rule and record["students"] == [s.name for s in spec.students]
+    assert sorted(int(s) for s in record["seeds"]) == list(SEEDS)
+    teachers = ["weak_teacher", *([record["second_teacher"]] if "second_teacher" in record else [])]
+    for seed, runs in record["seeds"].items():
+        for teacher in teachers:
+            t, c = runs[teacher]["test_acc"], runs[record["ceiling"]]["test_acc"]
+            assert teacher_only_regime(t, c, 10), f"seed {seed} {teacher}: r = {error_ratio(t, c):.2f}"
+        assert all(runs[s]["test_acc"] is not None for s in record["students"])
+    docs = (RESULTS.parent / doc).read_text()
+    mean = sum(r["student_adaptconf"]["test_acc"] for r in record["seeds"].values()) / len(record["seeds"])
+    assert f"| AdaptConf student | 5 | {100 * mean:.2f} ± " in docs
