@@ -180,7 +180,7 @@ PROBE = _pretrained("probe", "SimCLR prior, linear probe", ("model.freeze_backbo
 REGIMES = {r.name: r for r in (TEACHER_ONLY, PAPER, FINETUNE, PROBE, OBJECTIVES)}
 QUICK_TRUST = ("one quick seed is a smoke test, not a comparison: with 3 of the recipe's 10 epochs, seeds 0-2 put "
                "these students 0.6 points below to 0.6 above the weak teacher, and which objective came first changed "
-               "with the seed (`w2s demo --quick --seeds 0,1,2`, docs/demo.md); the full demo over 3 seeds is the measurement")
+               "with the seed (`w2s demo --quick --seeds 0,1,2`, docs/demo.md); the full demo over 5 seeds is the measurement")
 ONE_SEED = "one seed is a smoke test, not a comparison: the tables of docs/demo.md come from 5 seeds (rule 5)"
 
 
@@ -248,7 +248,8 @@ def _step(spec: Regime, seed: int, title: str, cfg: Config, console: Console, fn
         try:
             stored = yaml.safe_load((run_dir / "config.yaml").read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise RunError(f"{run_dir / 'config.yaml'}: unreadable ({exc}); move {run_dir} away to rerun it") from exc
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise RunError(f"{run_dir / 'config.yaml'}: unreadable ({why}); move {run_dir} away to rerun it") from exc
         diff = first_difference(stored if isinstance(stored, dict) else {}, cfg.to_dict())
         if diff is not None:
             key, was, now = diff
