@@ -195,3 +195,20 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_reused(tmp_path)
     with pytest.raises(RunError, match=r"strong_ceiling is finished with data.val_fraction = 0.0, but the demo now "
                                         r"sets 0.1; move it away"):
         run_teacher_and_ceiling(TEACHER_ONLY, out, 0, False, None, stderr_console())
+
+
+def test_a_finished_run_whose_config_is_unreadable_is_refused_in_one_line(tmp_path):
+    """A hand-broken config.yaml cannot show the run's settings, so the demo refuses it instead of reusing it."""
+    import pytest
+
+    from pipeline.engine.runtime import RunError, stderr_console
+    from pipeline.experiments.demo import TEACHER_ONLY, run_teacher_and_ceiling
+
+    out = tmp_path / "seed0"
+    finished_demo_run(TEACHER_ONLY, out, "weak_teacher", 0.758)
+    (out / "weak_teacher" / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(RunError) as err:
+        run_teacher_and_ceiling(TEACHER_ONLY, out, 0, False, None, stderr_console())
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{out / 'weak_teacher' / 'config.yaml'}: unreadable (")
+    assert str(err.value).endswith(f"move {out / 'weak_teacher'} away to rerun it")
