@@ -353,5 +353,18 @@ def few_shot_meta(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
     _guard(go, RESUME_HINT)
 
 
+
+@few_shot_app.command("demo")
+def few_shot_demo(output: Path = typer.Option(Path("runs/few_shot_demo"), "--output", help="where runs, report and record go"),
+                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
+                  seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="comma-separated seeds (5: rule 5 of docs/demo.md)")) -> None:
+    """The few-shot default over seeds: weak MLP teacher -> CNN (classifier and meta stage), 4-way 1/5-shot, PGR."""
+    def go() -> None:
+        from pipeline.experiments.few_shot_demo import run_few_shot_demo
+
+        print(run_few_shot_demo(output, seeds=_seeds(seeds), data_dir=str(data_dir) if data_dir else None,
+                                console=console))
+    _guard(go, RERUN_HINT)
+
 if __name__ == "__main__":
     app()

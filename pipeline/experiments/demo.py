@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from rich.console import Console
 
 from pipeline.config.schema import Config, load_config
@@ -45,9 +44,8 @@ from pipeline.engine.checkpoint import write_json
 from pipeline.infer_teacher import infer
 from pipeline.experiments.regimes import ALPHA, error_ratio, paper_regime, teacher_only_regime
 from pipeline.experiments.report import pgr, plus_minus, report
-from pipeline.experiments.runs import load_run
-from pipeline.engine.run_dir import first_difference
-from pipeline.engine.runtime import RunError, stderr_console
+from pipeline.experiments.runs import finished_with, load_run
+from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.stats import holm, mean_std, paired_difference, t_interval
 from pipeline.train_student import train
 
@@ -244,17 +242,7 @@ def _step(spec: Regime, seed: int, title: str, cfg: Config, console: Console, fn
     """Run ``fn`` unless ``cfg``'s run is finished; a finished run made with other settings is refused, never
     reused (a changed config or rule would otherwise put old numbers in the new table)."""
     run_dir = Path(cfg.run.output)
-    if (run_dir / "result.json").exists():
-        try:
-            stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            why = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise RunError(f"{run_dir / 'config.yaml'}: unreadable ({why}); move {run_dir} away to rerun it") from exc
-        diff = first_difference(stored if isinstance(stored, dict) else {}, cfg.to_dict())
-        if diff is not None:
-            key, was, now = diff
-            raise RunError(f"{run_dir} is finished with {key} = {was!r}, but the demo now sets {now!r}; move it "
-                           "away (or choose another --output) to retrain it")
+    if finished_with(run_dir, cfg.to_dict()):
         console.print(f"[dim]{title}: done already ({run_dir})[/dim]")
         return
     console.rule(f"{spec.name}, seed {seed}: {title}")

@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.engine.run_dir import first_difference
+from pipeline.engine.runtime import RunError
+
 IGNORED_KEYS = ("run.output", "run.seed")
 
 
@@ -166,3 +169,22 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
     if not found:
         raise FileNotFoundError(f"no finished runs (result.json) under {', '.join(map(str, paths))}")
     return found
+
+
+def finished_with(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished run (a ``result.json``) made with ``config``. A finished run whose
+    ``config.yaml`` is unreadable or differs is refused in one line, never reused: a changed config or rule
+    would otherwise put old numbers into a new table."""
+    if not (run_dir / "result.json").exists():
+        return False
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RunError(f"{run_dir / 'config.yaml'}: unreadable ({why}); move {run_dir} away to rerun it") from exc
+    diff = first_difference(stored if isinstance(stored, dict) else {}, config)
+    if diff is not None:
+        key, was, now = diff
+        raise RunError(f"{run_dir} is finished with {key} = {was!r}, but the demo now sets {now!r}; move it "
+                       "away (or choose another --output) to retrain it")
+    return True

@@ -78,3 +78,15 @@ def test_the_ceiling_is_the_ce_run_on_the_clean_labels(tmp_path: Path) -> None:
     for cfg in (ceiling, ce):
         del cfg["data"]["noise_mode"], cfg["data"]["noise_rate"], cfg["run"]["output"]
     assert ceiling == ce  # same images, CNN, recipe and seed
+
+
+def test_record_holds_every_run_of_every_mode_and_seed(tmp_path: Path) -> None:
+    from pipeline.experiments.noisy_demo import RUNS, record
+
+    _runs(tmp_path)
+    (tmp_path / "symmetric" / "seed0" / "ce").mkdir(exist_ok=True)
+    rec = record(tmp_path, (0, 1, 2))
+    assert rec["teacher"] == "selcl_mlp" and rec["ceiling"] == "ceiling" and set(rec["modes"]) == set(NOISE_MODES)
+    assert set(rec["modes"]["asym_next"]["2"]) == set(RUNS)
+    assert rec["modes"]["asym_next"]["1"]["selcl_mlp"]["test_acc"] == TEACHER[1]
+    assert rec["modes"]["symmetric"]["2"]["selcl_plus_adaptconf"] == {"test_acc": 0.83, "test_agreement": 0.9}
