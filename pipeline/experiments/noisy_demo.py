@@ -87,6 +87,7 @@ def run_noisy_demo(output: str | Path = "runs/noisy_demo", seeds: tuple[int, ...
     (out / "report.md").write_text(text + "\n")
     write_json(out / "record.json", record(out, seeds))
     figure(out, seeds, out / "selection_precision_recall.png")
+    curves(out, seeds, out / "test_accuracy_curves.png")
     console.print(f"noisy demo finished in {time.perf_counter() - start:.0f} s; {out / 'report.md'}")
     return text
 
@@ -178,6 +179,36 @@ def figure(out: Path, seeds: tuple[int, ...], path: Path) -> None:
     ax.set_title(f"Fashion-MNIST, 40% noise: the CNN's confident set (mean of {len(seeds)} seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curves(out: Path, seeds: tuple[int, ...], path: Path) -> None:
+    """Test accuracy per epoch (mean over seeds) of the ceiling and each method, one panel per noise mode; the
+    Sel-CL+ runs start after the 8 epochs of Sel-CL they fine-tune, and the weak teacher is a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(NOISE_MODES), figsize=(10.0, 4.0), sharey=True)
+    for ax, noise in zip(axes, NOISE_MODES):
+        for name, label in (("ceiling", "ceiling: CE on the clean labels"), *METHODS):
+            rows = [[json.loads(x)["test_acc"] for x in (out / noise / f"seed{s}" / name / "metrics.jsonl")
+                     .read_text().splitlines()] for s in seeds]
+            start = 0
+            if name.startswith("selcl_plus"):
+                start = len((out / noise / f"seed{seeds[0]}" / "selcl_cnn" / "metrics.jsonl").read_text().splitlines())
+            vals = 100 * np.array(rows).mean(0)
+            ax.plot(np.arange(start + 1, start + len(vals) + 1), vals, marker="o", ms=3, label=label)
+        teacher = np.mean([100 * _result(out / noise / f"seed{s}" / "selcl_mlp")["test_acc"] for s in seeds])
+        ax.axhline(teacher, color="gray", ls="--", label="weak teacher (MLP's Sel-CL model)")
+        ax.set_title(f"40% {noise}")
+        ax.set_xlabel("epoch (Sel-CL+ after Sel-CL's)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test accuracy (%), mean of {len(seeds)} seeds")
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -21,14 +21,16 @@ def _runs(out: Path) -> None:
                 (root / m).mkdir(parents=True)
                 agree = {"test_agreement": 0.9} if m == "selcl_plus_adaptconf" else {}
                 (root / m / "result.json").write_text(json.dumps({"test_acc": ACC[m][s], **agree}))
+                rows = [{"epoch": e, "test_acc": ACC[m][s] - 0.1 / (e + 1)} for e in range(4)]
+                (root / m / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             for model in ("selcl_cnn", "selcl_mlp"):
                 (root / model).mkdir()
                 (root / model / "result.json").write_text(json.dumps(
                     {"test_acc": TEACHER[s] if model == "selcl_mlp" else 0.5,
                      "selected": 1500 + 100 * s, "train_samples": 3000, "selection_precision": 0.9,
                      "selection_recall": 0.7, "noise_rate": 0.36}))
-                rows = [{"epoch": e, "selection_precision": 0.8 + 0.05 * e, "selection_recall": 0.5 + 0.1 * e}
-                        for e in range(3)]
+                rows = [{"epoch": e, "selection_precision": 0.8 + 0.05 * e, "selection_recall": 0.5 + 0.1 * e,
+                         "test_acc": 0.5 + 0.1 * e} for e in range(3)]
                 (root / model / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -60,10 +62,13 @@ def test_report_says_when_the_teacher_is_not_weaker_than_the_ceiling(tmp_path: P
     assert "seed 1 1.00, seed 2 2.23 (rule 4, r >= 1.10 and far from chance: fails)" in report(tmp_path, (0, 1, 2))
 
 
-def test_figure_is_written(tmp_path: Path) -> None:
+def test_figures_are_written(tmp_path: Path) -> None:
+    from pipeline.experiments.noisy_demo import curves
+
     _runs(tmp_path)
     figure(tmp_path, (0, 1, 2), tmp_path / "pr.png")
-    assert (tmp_path / "pr.png").stat().st_size > 10_000
+    curves(tmp_path, (0, 1, 2), tmp_path / "curves.png")
+    assert (tmp_path / "pr.png").stat().st_size > 10_000 and (tmp_path / "curves.png").stat().st_size > 10_000
 
 
 def test_the_ceiling_is_the_ce_run_on_the_clean_labels(tmp_path: Path) -> None:
