@@ -264,14 +264,16 @@ def inspect(store: str = typer.Argument(..., help="store: a directory or an fssp
 
 @app.command("select-settings")
 def select_settings_cmd(output: Optional[Path] = typer.Option(None, "--output", help="where the selection's runs go "
-                                                              "(runs/demo/selection; few_shot: runs/few_shot/selection; regimes: "
-                                                              "runs, the root of the demos' folders)"),
+                                                              "(runs/demo/selection; few_shot: runs/few_shot/selection; noisy: "
+                                                              "runs/noisy_demo/selection; regimes: runs, the root of the "
+                                                              "demos' folders)"),
                         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
                         scenario: str = typer.Option("paper", "--scenario",
-                                                     help="paper (the main demo's paper regime, rule 1), few_shot (rule 4) "
+                                                     help="paper (the main demo's paper regime, rule 1), few_shot (rule 4), "
+                                                          "noisy (rule 4 as amended: seeds 0-4, both noise modes) "
                                                           "or regimes (seed 0's teacher and ceiling of every other "
                                                           "setting, checked)")) -> None:
-    """Seed-0 teachers and ceilings only: a setting's teacher (and epochs) by the rule of docs/demo.md."""
+    """Teachers and ceilings only, no student: a setting's teacher (and epochs) by the rule of docs/demo.md."""
     def go() -> None:
         d = str(data_dir) if data_dir else None
         if scenario == "paper":
@@ -282,12 +284,16 @@ def select_settings_cmd(output: Optional[Path] = typer.Option(None, "--output", 
             from pipeline.experiments.few_shot_selection import select_few_shot_teacher
 
             select_few_shot_teacher(output or Path("runs/few_shot/selection"), d, console=console)
+        elif scenario == "noisy":
+            from pipeline.experiments.noisy_selection import select_noisy_teacher
+
+            select_noisy_teacher(output or Path("runs/noisy_demo/selection"), data_dir=d, console=console)
         elif scenario == "regimes":
             from pipeline.experiments.rule_checks import check_regimes
 
             check_regimes(output or Path("runs"), d, console=console)
         else:
-            raise ValueError(f"--scenario {scenario!r}: choose paper, few_shot or regimes")
+            raise ValueError(f"--scenario {scenario!r}: choose paper, few_shot, noisy or regimes")
     _guard(go, RERUN_HINT)
 
 

@@ -32,4 +32,4 @@ def test_selection_table_marks_the_choice_and_says_when_none_qualifies():
 
 def test_select_settings_refuses_an_unknown_scenario(tmp_path):
     res = invoke(["select-settings", "--scenario", "cifar", "--output", str(tmp_path)])
-    assert res.exit_code != 0 and "--scenario 'cifar': choose paper, few_shot or regimes" in res.output
+    assert res.exit_code != 0 and "--scenario 'cifar': choose paper, few_shot, noisy or regimes" in res.output
