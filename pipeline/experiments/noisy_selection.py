@@ -4,7 +4,8 @@ Teachers and ceilings only, never a student: for every noise mode and seed 0-4, 
 ``ce`` run on the clean labels, made in the demo's folder and reused by it) and every candidate teacher,
 ``fmnist_mlp`` with ``hidden`` 64, 16 and 4 pre-trained with Sel-CL on ``selcl_mlp.yaml``'s recipe. The
 chosen teacher is the first candidate (the strongest) whose error is at least 1.10 times the ceiling's
-and far from chance on all (mode, seed) pairs. Finished runs are skipped when the command runs again;
+and far from chance on all (mode, seed) pairs; one whose Sel-CL training stops with an error on some
+pair (its kNN selection keeps no example, say) does not qualify. Finished runs are skipped when the command runs again;
 ``selection.json`` and ``selection.md`` record every number and the choice.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.console import Console
 
 from pipeline.config.schema import load_config
 from pipeline.engine.checkpoint import write_json
-from pipeline.engine.runtime import stderr_console
+from pipeline.engine.runtime import RunError, stderr_console
 from pipeline.experiments.noisy_demo import CONFIG_DIR, NOISE_MODES, NUM_CLASSES, run_one
 from pipeline.experiments.regimes import SEEDS, error_ratio, weaker_than_student
 from pipeline.experiments.runs import finished_with, load_run
@@ -42,10 +43,17 @@ def select_noisy_teacher(output: str | Path, demo: str | Path = "runs/noisy_demo
                 cfg = load_config(CONFIG_DIR / "selcl_mlp.yaml", [
                     f"data.noise_mode={noise}", f"run.seed={seed}", f"model.kwargs={{hidden: {hidden}}}",
                     f"run.output={run_dir}", *([f"data.data_dir={data_dir}"] if data_dir else [])])
-                if not finished_with(run_dir, cfg.to_dict()):
-                    console.rule(f"{noise} seed {seed}: teacher fmnist_mlp hidden {hidden}")
-                    pretrain(cfg, resume=(run_dir / "checkpoints").exists(), console=console)
-                teacher, ceiling = load_run(run_dir).test_acc, load_run(root / "ceiling").test_acc
+                ceiling = load_run(root / "ceiling").test_acc
+                try:
+                    if not finished_with(run_dir, cfg.to_dict()):
+                        console.rule(f"{noise} seed {seed}: teacher fmnist_mlp hidden {hidden}")
+                        pretrain(cfg, resume=(run_dir / "checkpoints").exists(), console=console)
+                except RunError as exc:  # a teacher that cannot be trained on some seed is no teacher for the table
+                    console.print(f"{noise} seed {seed}, hidden {hidden}: {exc}")
+                    pairs[f"{noise}/seed{seed}"] = {"teacher_acc": None, "ceiling_acc": ceiling, "ratio": None,
+                                                    "holds": False, "error": str(exc)}
+                    continue
+                teacher = load_run(run_dir).test_acc
                 pairs[f"{noise}/seed{seed}"] = {"teacher_acc": teacher, "ceiling_acc": ceiling,
                                                 "ratio": error_ratio(teacher, ceiling),
                                                 "holds": weaker_than_student(teacher, ceiling, NUM_CLASSES)}
@@ -67,7 +75,8 @@ def selection_table(record: dict[str, Any]) -> str:
              "|---|" + "---:|" * len(keys) + "---|"]
     for hidden, c in record["candidates"].items():
         mark = " **chosen**" if record["chosen_hidden"] == int(hidden) else ""
-        cells = [f"{c['pairs'][k]['ratio']:.2f}" + ("" if c["pairs"][k]["holds"] else " (fails)") for k in keys]
+        cells = ["training stopped" if c["pairs"][k]["ratio"] is None else
+                 f"{c['pairs'][k]['ratio']:.2f}" + ("" if c["pairs"][k]["holds"] else " (fails)") for k in keys]
         lines.append(f"| hidden {hidden}{mark} | " + " | ".join(cells) + f" | {'holds' if c['qualifies'] else 'fails'} |")
     if record["chosen_hidden"] is None:
         lines += ["", "no candidate qualifies: the noisy-label setting is not reached with these candidates"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.engine.runtime import stderr_console
+from pipeline.engine.runtime import RunError, stderr_console
 from pipeline.experiments.noisy_demo import NOISE_MODES, _config
 from pipeline.experiments.noisy_selection import select_noisy_teacher, selection_table
 
@@ -26,6 +26,8 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
     def pretrain(cfg: Any, resume: bool, console: Any) -> None:
         hidden = cfg.model.kwargs["hidden"]
         calls.append((cfg.data.noise_mode, cfg.run.seed, hidden))
+        if TEACHER[hidden][cfg.run.seed] is None:
+            raise RunError("the kNN selection kept no example (quota 0.0); lower sel_cl.alpha or sel_cl.k")
         out = Path(cfg.run.output)
         out.mkdir(parents=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
@@ -62,3 +64,12 @@ def test_selection_table_says_when_no_candidate_qualifies():
     record = {"candidates": {"4": {"pairs": {"symmetric/seed0": pair}, "qualifies": False}}, "chosen_hidden": None}
     text = selection_table(record)
     assert "| hidden 4 | 1.04 (fails) | fails |" in text and "not reached" in text
+
+
+def test_a_candidate_whose_training_stops_on_some_seed_does_not_qualify(tmp_path, trained, monkeypatch):
+    monkeypatch.setitem(TEACHER, 16, (0.69, None, 0.70))  # hidden 16 cannot be trained on seed 1
+    _ceilings(tmp_path / "demo")
+    record = select_noisy_teacher(tmp_path / "sel", tmp_path / "demo", seeds=(0, 1, 2), console=stderr_console())
+    assert record["chosen_hidden"] == 4 and not record["candidates"]["16"]["qualifies"]
+    assert record["candidates"]["16"]["pairs"]["symmetric/seed1"]["error"].startswith("the kNN selection kept no")
+    assert "| hidden 16 | 1.24 | training stopped | 1.20 |" in selection_table(record)
