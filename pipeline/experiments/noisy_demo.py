@@ -34,7 +34,9 @@ NOISE_MODES = ("symmetric", "asym_next")
 METHODS = (("ce", "cross-entropy on the noisy labels"), ("selcl_plus", "Sel-CL -> Sel-CL+"),
            ("selcl_plus_adaptconf", "Sel-CL+ with AdaptConf from the weak Sel-CL teacher"))
 PAIRS = (("selcl_plus", "ce"), ("selcl_plus_adaptconf", "selcl_plus"), ("selcl_plus_adaptconf", "ce"))
-RUNS = ("ceiling", "ce", "selcl_cnn", "selcl_plus", "selcl_mlp", "selcl_plus_adaptconf")
+TEACHER = "selcl_mlp"  # the weak teacher's run and config (rule 4 and its amendments, docs/demo.md)
+TEACHER_LABEL = "weak teacher: the MLP's Sel-CL model"
+RUNS = ("ceiling", "ce", "selcl_cnn", "selcl_plus", TEACHER, "selcl_plus_adaptconf")
 NUM_CLASSES = 10
 
 
@@ -47,7 +49,7 @@ def _config(name: str, root: Path, noise: str, seed: int, data_dir: str | None) 
     if name.startswith("selcl_plus"):
         over += [f"model.pretrained={root / 'selcl_cnn' / 'model.safetensors'}", f"noisy.selection={root / 'selcl_cnn'}"]
     if name == "selcl_plus_adaptconf":
-        over.append(f"teacher.checkpoint={root / 'selcl_mlp'}")
+        over.append(f"teacher.checkpoint={root / TEACHER}")
     return load_config(CONFIG_DIR / f"{'ce' if name == 'ceiling' else name}.yaml", over)
 
 
@@ -102,7 +104,7 @@ def record(out: Path, seeds: tuple[int, ...]) -> dict[str, Any]:
     def one(path: Path) -> dict[str, Any]:
         r = _result(path)
         return {"test_acc": r["test_acc"], "test_agreement": r.get("test_agreement")}
-    return {"rule": "rule 4 (noisy labels)", "teacher": "selcl_mlp", "ceiling": "ceiling",
+    return {"rule": "rule 4 (noisy labels)", "teacher": TEACHER, "ceiling": "ceiling",
             "modes": {noise: {str(s): {name: one(out / noise / f"seed{s}" / name) for name in RUNS} for s in seeds}
                       for noise in NOISE_MODES}}
 
@@ -121,21 +123,21 @@ def report(out: Path, seeds: tuple[int, ...]) -> str:
            "|---|---|---:|---:|---:|---:|"]
     ratios = []
     for noise in NOISE_MODES:
-        res = {m_: {s: _result(out / noise / f"seed{s}" / m_) for s in seeds} for m_ in ("selcl_mlp", "ceiling",
+        res = {m_: {s: _result(out / noise / f"seed{s}" / m_) for s in seeds} for m_ in (TEACHER, "ceiling",
                                                                                       *(x for x, _ in METHODS))}
         acc = {m_: {s: 100 * r["test_acc"] for s, r in by_seed.items()} for m_, by_seed in res.items()}
-        rows = [("selcl_mlp", "weak teacher: the MLP's Sel-CL model"),
+        rows = [(TEACHER, TEACHER_LABEL),
                 ("ceiling", "ceiling: cross-entropy on the clean labels"), *METHODS]
         for m_, label in rows:
             mean, sd, n = mean_std(acc[m_].values())
-            pm, ps, _ = mean_std(pgr(acc[m_][s], acc["selcl_mlp"][s], acc["ceiling"][s]) for s in seeds)
+            pm, ps, _ = mean_std(pgr(acc[m_][s], acc[TEACHER][s], acc["ceiling"][s]) for s in seeds)
             agree = [r.get("test_agreement") for r in res[m_].values()]
             am, _, na = mean_std(agree)
             lines.append(f"| {noise} | {label} | {n} | {mean:.2f}" + (f" ± {sd:.2f}" if n > 1 else "")
-                         + (" | |" if m_ == "selcl_mlp" else f" | {pm:.3f}" + (f" ± {ps:.3f} |" if n > 1 else " |"))
+                         + (" | |" if m_ == TEACHER else f" | {pm:.3f}" + (f" ± {ps:.3f} |" if n > 1 else " |"))
                          + (f" {100 * am:.2f} |" if na else " |"))
-        r_seed = {s: error_ratio(acc["selcl_mlp"][s] / 100, acc["ceiling"][s] / 100) for s in seeds}
-        holds = all(weaker_than_student(acc["selcl_mlp"][s] / 100, acc["ceiling"][s] / 100, NUM_CLASSES)
+        r_seed = {s: error_ratio(acc[TEACHER][s] / 100, acc["ceiling"][s] / 100) for s in seeds}
+        holds = all(weaker_than_student(acc[TEACHER][s] / 100, acc["ceiling"][s] / 100, NUM_CLASSES)
                     for s in seeds)
         ratios.append(f"{noise}: " + ", ".join(f"seed {s} {r:.2f}" for s, r in r_seed.items())
                       + f" (rule 4, r >= 1.10 and far from chance: {'holds on every seed' if holds else 'fails'})")
@@ -146,7 +148,7 @@ def report(out: Path, seeds: tuple[int, ...]) -> str:
             p = f"{d.p_value:.3f}" if d.n > 1 else ""
             pairs.append(f"| {noise} | {a} - {b} | {d.n} | {d.mean:+.2f} | {ci} | {p} | "
                          + (f"{ph:.3f} |" if d.n > 1 else " |"))
-        for model in ("selcl_cnn", "selcl_mlp"):
+        for model in ("selcl_cnn", *((TEACHER,) if TEACHER.startswith("selcl_") else ())):  # the Sel-CL models
             rs = [_result(out / noise / f"seed{s}" / model) for s in seeds]
             vals = [(100 * r["selected"] / r["train_samples"], 100 * r["selection_precision"],
                      100 * r["selection_recall"], 100 * (r["noise_rate"] or 0)) for r in rs]
@@ -202,8 +204,8 @@ def curves(out: Path, seeds: tuple[int, ...], path: Path) -> None:
                 start = len((out / noise / f"seed{seeds[0]}" / "selcl_cnn" / "metrics.jsonl").read_text().splitlines())
             vals = 100 * np.array(rows).mean(0)
             ax.plot(np.arange(start + 1, start + len(vals) + 1), vals, marker="o", ms=3, label=label)
-        teacher = np.mean([100 * _result(out / noise / f"seed{s}" / "selcl_mlp")["test_acc"] for s in seeds])
-        ax.axhline(teacher, color="gray", ls="--", label="weak teacher (MLP's Sel-CL model)")
+        teacher = np.mean([100 * _result(out / noise / f"seed{s}" / TEACHER)["test_acc"] for s in seeds])
+        ax.axhline(teacher, color="gray", ls="--", label=TEACHER_LABEL)
         ax.set_title(f"40% {noise}")
         ax.set_xlabel("epoch (Sel-CL+ after Sel-CL's)")
         ax.grid(alpha=0.3)

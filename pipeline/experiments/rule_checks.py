@@ -17,7 +17,7 @@ from rich.console import Console
 from pipeline.engine.checkpoint import write_json
 from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.demo import FINETUNE, NUM_CLASSES, PROBE, TEACHER_ONLY, run_teacher_and_ceiling
-from pipeline.experiments.noisy_demo import NOISE_MODES, run_one
+from pipeline.experiments.noisy_demo import NOISE_MODES, TEACHER, run_one
 from pipeline.experiments.regimes import error_ratio, weaker_than_student
 from pipeline.experiments.runs import load_run
 
@@ -36,9 +36,9 @@ def check_regimes(root: str | Path = "runs", data_dir: str | None = None,
                                "ratio": error_ratio(teacher, ceiling), "holds": regime.holds(teacher, ceiling)}
     for noise in NOISE_MODES:
         seed0 = root / "noisy_demo" / noise / "seed0"
-        for name in ("selcl_mlp", "ceiling"):
+        for name in (TEACHER, "ceiling"):
             run_one(name, seed0, noise, 0, data_dir, console)
-        teacher, ceiling = load_run(seed0 / "selcl_mlp").test_acc, load_run(seed0 / "ceiling").test_acc
+        teacher, ceiling = load_run(seed0 / TEACHER).test_acc, load_run(seed0 / "ceiling").test_acc
         record[f"noisy_{noise}"] = {"rule": "rule 4 (noisy labels)", "teacher_acc": teacher, "ceiling_acc": ceiling,
                                     "ratio": error_ratio(teacher, ceiling),
                                     "holds": weaker_than_student(teacher, ceiling, NUM_CLASSES)}
