@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.experiments.demo import FINETUNE, PROBE, TEACHER_ONLY
+from pipeline.experiments.noisy_demo import TEACHER, _config
 from pipeline.experiments.rule_checks import check_regimes
 from tests.helpers import finished_demo_run
 
@@ -22,8 +24,10 @@ def test_finished_runs_are_checked_without_training(tmp_path, capsys):
                             (FINETUNE, "finetune_ceiling", 0.90), (PROBE, "probe_ceiling", 0.764)):
         finished_demo_run(spec, seed0, name, acc)
     for noise, teacher in (("symmetric", 0.707), ("asym_next", 0.85)):
-        _result(tmp_path / "noisy_demo" / noise / "seed0" / "selcl_mlp", teacher)
-        _result(tmp_path / "noisy_demo" / noise / "seed0" / "ceiling", 0.86)
+        root = tmp_path / "noisy_demo" / noise / "seed0"
+        for name, acc in ((TEACHER, teacher), ("ceiling", 0.86)):  # finished with the settings the demo would use
+            _result(root / name, acc)
+            (root / name / "config.yaml").write_text(yaml.safe_dump(_config(name, root, noise, 0, None).to_dict()))
     record = check_regimes(tmp_path)
     assert record["teacher_only"]["ratio"] == pytest.approx(0.242 / 0.106) and record["teacher_only"]["holds"]
     assert record["finetune"]["holds"] and not record["probe"]["holds"]  # probe: r = 0.242 / 0.236 = 1.03 < 1.5
