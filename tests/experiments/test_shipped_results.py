@@ -110,27 +110,30 @@ def test_the_few_shot_table_rests_on_five_seeds_each_inside_rule_4():
         (RESULTS.parent / "demo.md").read_text().split())
 
 
-def test_the_noisy_label_setting_is_reported_as_not_reached_with_every_candidate():
-    """Rule 4 as amended: the hidden-64 table fails on a seed, no candidate meets the rule on every seed, and the
-    docs say both; the config keeps the teacher the shipped table was measured with."""
-    from pipeline.config.schema import load_config
-    from pipeline.experiments.noisy_demo import CONFIG_DIR, NUM_CLASSES
-    from pipeline.experiments.noisy_selection import HIDDEN
+def test_the_noisy_label_teacher_is_the_one_rule_4_as_amended_chose_and_holds_on_every_seed():
+    """Rule 4 as amended: the Sel-CL MLPs fail on some seed, the linear teacher meets the rule on every seed of both
+    modes and is the demo's teacher; the shipped table with it rests on five seeds inside the rule, and the first
+    table (the MLP teacher) is the selection's hidden-64 candidate, its failing seed reported in the docs."""
+    from pipeline.experiments.noisy_demo import NUM_CLASSES, TEACHER
+    from pipeline.experiments.noisy_selection import CANDIDATES
     from pipeline.experiments.regimes import weaker_than_student
 
     selection = _load("noisy_selection.json")
-    assert sorted(selection["candidates"]) == sorted(str(h) for h in HIDDEN) and selection["chosen_hidden"] is None
-    for hidden, c in selection["candidates"].items():
+    assert sorted(selection["candidates"]) == sorted(CANDIDATES) and selection["chosen"] == "linear"
+    for name, c in selection["candidates"].items():
         for pair, v in c["pairs"].items():
             holds = v["teacher_acc"] is not None and weaker_than_student(v["teacher_acc"], v["ceiling_acc"], NUM_CLASSES)
-            assert v["holds"] == holds, (hidden, pair)
-        assert c["qualifies"] == all(v["holds"] for v in c["pairs"].values())
-    table = _load("demo_noisy_h64.json")
-    for mode, seeds in table["modes"].items():
-        assert sorted(int(s) for s in seeds) == list(SEEDS)
-        for seed, runs in seeds.items():  # the shipped table's teacher is the selection's hidden 64
-            assert runs[table["teacher"]]["test_acc"] == selection["candidates"]["64"]["pairs"][f"{mode}/seed{seed}"][
-                "teacher_acc"]
-    assert load_config(CONFIG_DIR / "selcl_mlp.yaml").model.kwargs == {"hidden": 64}
+            assert v["holds"] == holds, (name, pair)
+        assert c["qualifies"] == all(v["holds"] for v in c["pairs"].values()) == (name == "linear")
+    assert TEACHER == "teacher_linear"
+    for name, candidate in (("demo_noisy.json", "linear"), ("demo_noisy_h64.json", "64")):
+        table = _load(name)
+        for mode, seeds in table["modes"].items():
+            assert sorted(int(s) for s in seeds) == list(SEEDS)
+            for seed, runs in seeds.items():  # each table's teacher is the selection's candidate, seed by seed
+                t, c = runs[table["teacher"]]["test_acc"], runs[table["ceiling"]]["test_acc"]
+                assert t == selection["candidates"][candidate]["pairs"][f"{mode}/seed{seed}"]["teacher_acc"]
+                assert weaker_than_student(t, c, NUM_CLASSES) == (candidate == "linear" or seed != "1"), (name, seed)
     docs = " ".join((RESULTS.parent / "demo.md").read_text().split())
-    assert "**Rule 4 fails on seed 1 in both modes**" in docs and "the noisy-label setting is reported as not reached" in docs
+    assert "**Rule 4 fails on seed 1 in both modes**" in docs
+    assert "**rule 4 holds on every seed in both modes.**" in docs
