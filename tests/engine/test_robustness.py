@@ -150,8 +150,10 @@ def test_chunked_bounded_reads_train_and_two_ranks_share_the_chunks(base, tmp_pa
 def test_infer_teacher_resume_after_sigkill(base, tmp_path):
     out, cfg = base
     target = tmp_path / "store"
-    args = ["infer-teacher", str(cfg), "--set", f"teacher.store={target}", "--set", "teacher.chunk_samples=32",
-            "--set", "teacher.batch_size=32"]
+    # 8-sample chunks (384 of them): writing them all takes long enough that a kill after 3 lands before the
+    # end even on a loaded machine, where the poll that sees the third chunk may come late
+    args = ["infer-teacher", str(cfg), "--set", f"teacher.store={target}", "--set", "teacher.chunk_samples=8",
+            "--set", "teacher.batch_size=8"]
     kill_when(start(w2s_cmd(*args)), store_has_chunks(target, 3), jitter=random.Random(3), strict=False)
     partial = SoftLabelStore.open(target)
     assert not partial.is_complete
