@@ -359,7 +359,6 @@ def few_shot_meta(config: Path = ConfigArg, set_: Optional[List[str]] = SetOpt,
     _guard(go, RESUME_HINT)
 
 
-
 @few_shot_app.command("demo")
 def few_shot_demo(output: Path = typer.Option(Path("runs/few_shot_demo"), "--output", help="where runs, report and record go"),
                   data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder with the Fashion-MNIST idx files"),
@@ -371,6 +370,7 @@ def few_shot_demo(output: Path = typer.Option(Path("runs/few_shot_demo"), "--out
         print(run_few_shot_demo(output, seeds=_seeds(seeds), data_dir=str(data_dir) if data_dir else None,
                                 console=console))
     _guard(go, RERUN_HINT)
+
 
 if __name__ == "__main__":
     app()

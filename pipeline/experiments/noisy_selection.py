@@ -18,7 +18,7 @@ from rich.console import Console
 
 from pipeline.config.schema import load_config
 from pipeline.engine.checkpoint import write_json
-from pipeline.engine.runtime import RunError, stderr_console
+from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.noisy_demo import CONFIG_DIR, NOISE_MODES, NUM_CLASSES, run_one
 from pipeline.experiments.regimes import SEEDS, error_ratio, weaker_than_student
 from pipeline.experiments.runs import finished_with, load_run
@@ -30,7 +30,7 @@ CANDIDATES = (*(str(h) for h in HIDDEN), "linear")  # the linear teacher: rule 4
 def select_noisy_teacher(output: str | Path, demo: str | Path = "runs/noisy_demo", seeds: tuple[int, ...] = SEEDS,
                          data_dir: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the selection under ``output`` (ceilings under ``demo``); returns what ``selection.json`` records."""
-    from pipeline.scenarios.sel_cl.pretrain import pretrain
+    from pipeline.scenarios.sel_cl.pretrain import EmptySelection, pretrain
     from pipeline.train_student import train
 
     console = console or stderr_console()
@@ -58,7 +58,7 @@ def select_noisy_teacher(output: str | Path, demo: str | Path = "runs/noisy_demo
                             train(cfg, role="teacher", resume=(run_dir / "checkpoints").exists(), console=console)
                         else:
                             pretrain(cfg, resume=(run_dir / "checkpoints").exists(), console=console)
-                except RunError as exc:  # a teacher that cannot be trained on some seed is no teacher for the table
+                except EmptySelection as exc:  # a teacher that cannot be trained on some seed is no teacher for the table
                     console.print(f"{noise} seed {seed}, {_label(name)}: {exc}")
                     pairs[f"{noise}/seed{seed}"] = {"teacher_acc": None, "ceiling_acc": ceiling, "ratio": None,
                                                     "holds": False, "error": str(exc)}

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.engine.runtime import RunError, stderr_console
+from pipeline.engine.runtime import stderr_console
 from pipeline.experiments.noisy_demo import NOISE_MODES, _config
 from pipeline.experiments.noisy_selection import select_noisy_teacher, selection_table
+from pipeline.scenarios.sel_cl.pretrain import EmptySelection
 
 # test accuracy of each candidate's Sel-CL model per seed (ceiling 0.75 on every seed: r >= 1.10 needs acc <= 0.725)
 TEACHER: dict[Any, Any] = {64: (0.70, 0.74, 0.70), 16: (0.69, 0.71, 0.70), 4: (0.55, 0.56, 0.57),
@@ -30,7 +31,7 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
         assert (role == "teacher") == (cfg.model.name == "fmnist_linear" and cfg.objective.name == "vanilla")
         calls.append((cfg.data.noise_mode, cfg.run.seed, hidden))
         if TEACHER[hidden][cfg.run.seed] is None:
-            raise RunError("the kNN selection kept no example (quota 0.0); lower sel_cl.alpha or sel_cl.k")
+            raise EmptySelection("the kNN selection kept no example (quota 0.0); lower sel_cl.alpha or sel_cl.k")
         out = Path(cfg.run.output)
         out.mkdir(parents=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))

@@ -50,6 +50,11 @@ VIEWS, MIXING, CLASSIFY = 0, 1, 2  # random streams of a step (pipeline.data.bat
 NO_NOISE = "Sel-CL selects clean examples among noisy labels; set data.noise_mode and data.noise_rate"
 
 
+class EmptySelection(RunError):
+    """Sel-CL's kNN selection kept no example: this model cannot be trained with these settings (a setting's
+    selection, ``w2s select-settings --scenario noisy``, reads it as a candidate that does not qualify)."""
+
+
 @dataclass
 class Batch:
     """One step's samples: dataset rows and their two augmented views."""
@@ -221,7 +226,8 @@ class SelCLTrainer(Task):
         sel = select_examples(feats, self.noisy, self.train_src.num_classes, k=s.k, alpha=s.alpha,
                               exclude_self=s.exclude_self)
         if not bool(sel.mask.any()):
-            raise RunError(f"the kNN selection kept no example (quota {sel.quota}); lower sel_cl.alpha or sel_cl.k")
+            raise EmptySelection(f"the kNN selection kept no example (quota {sel.quota}); lower sel_cl.alpha or "
+                                 "sel_cl.k")
         self._set_selection({"mask": sel.mask, "confidence": sel.confidence, "corrected_labels": sel.corrected_labels},
                             select_pairs(feats, self.noisy, sel.mask, s.beta))
         self.select_s = time.perf_counter() - start
